@@ -1,0 +1,18 @@
+//! kvedge-runtime: everything model-independent.
+//!
+//! - [`gguf`]: a hardened zero-copy GGUF reader over an mmap, and a writer.
+//! - [`quant`]: ggml block layouts and their scalar CPU dequantizers (the reference every
+//!   GPU kernel is held against).
+//! - [`gpu`]: wgpu device creation with the adapter's own limits, tensor upload split into
+//!   binding-sized chunks, and the pipeline cache.
+//! - [`kernels`]: one module per WGSL file in `shaders/`, each with its params struct,
+//!   dispatch function and scalar CPU reference.
+
+pub mod error;
+pub mod gguf;
+pub mod gpu;
+pub mod kernels;
+pub mod quant;
+pub mod rng;
+
+pub use error::{Error, Result};
