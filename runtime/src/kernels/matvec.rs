@@ -1,0 +1,140 @@
+//! Dequantizing matrix-vector product `y = W x` (`shaders/matvec.wgsl`), the decode hot
+//! path: every weight is read once per token, so its speed is the memory bandwidth it
+//! reaches. W stays in its GGUF encoding; each workgroup dequantizes one row's 32-weight
+//! units in registers and reduces the partial dot products in workgroup memory.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{need_f32, quant_pipeline};
+use crate::gpu::{grid, GpuContext, GpuMatrix};
+use crate::quant::{dequantize_row, GgmlType};
+use crate::Result;
+
+const WGSL: &str = include_str!("../../../shaders/matvec.wgsl");
+
+/// Mirrors `Params` in matvec.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct MatvecParams {
+    pub ncols: u32,
+    pub nrows: u32,
+    pub row_bytes: u32,
+    pub y_offset: u32,
+    pub units: u32,
+    pub grid_x: u32,
+    pub _pad: [u32; 2],
+}
+const _: () = assert!(std::mem::size_of::<MatvecParams>() == 32);
+
+/// Record `y[0..w.nrows] = W x` into `encoder`; `x` holds `w.ncols` f32, `y` at least
+/// `w.nrows`.
+pub fn record(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    w: &GpuMatrix,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+) -> Result<()> {
+    need_f32("matvec x", x, w.ncols as usize)?;
+    need_f32("matvec y", y, w.nrows as usize)?;
+    let pipeline = quant_pipeline(ctx, "matvec", WGSL, w.ty)?;
+    for chunk in &w.chunks {
+        let groups = grid(chunk.n_rows, ctx.max_groups());
+        let params = MatvecParams {
+            ncols: w.ncols,
+            nrows: chunk.n_rows,
+            row_bytes: w.row_bytes,
+            y_offset: chunk.first_row,
+            units: w.ncols.div_ceil(32),
+            grid_x: groups.0,
+            _pad: [0; 2],
+        };
+        let ub = ctx.uniform("matvec.params", &params);
+        let bg = ctx.bind("matvec", &pipeline, &[&chunk.buffer, x, y, &ub]);
+        ctx.dispatch(encoder, "matvec", &pipeline, &bg, groups);
+    }
+    Ok(())
+}
+
+/// CPU reference: dequantize each row and take its dot product with `x` in f64.
+pub fn reference(ty: GgmlType, w: &[u8], ncols: usize, nrows: usize, x: &[f32]) -> Result<Vec<f32>> {
+    (0..nrows)
+        .map(|r| {
+            let row = dequantize_row(ty, w, ncols, r)?;
+            Ok(row.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::DeviceOptions;
+    use crate::kernels::check::{assert_close, test_context};
+    use crate::quant::random_blocks;
+    use crate::rng::SplitMix64;
+
+    fn run(ctx: &GpuContext, ty: GgmlType, ncols: usize, nrows: usize, seed: u64) {
+        let mut rng = SplitMix64::new(seed);
+        let w = random_blocks(ty, ncols * nrows, &mut rng).unwrap();
+        let x = rng.vec_f32(ncols, -1.0, 1.0);
+        let want = reference(ty, &w, ncols, nrows, &x).unwrap();
+        let gw = GpuMatrix::upload(ctx, "w", ty, ncols, nrows, &w).unwrap();
+        let gx = ctx.upload("x", &x).unwrap();
+        let gy = ctx.storage_f32("y", nrows).unwrap();
+        let mut enc = ctx.encoder("test");
+        record(ctx, &mut enc, &gw, &gx, &gy).unwrap();
+        ctx.submit_wait(enc).unwrap();
+        let got = ctx.read_f32(&gy, nrows).unwrap();
+        assert_close(&format!("matvec {ty} {nrows}x{ncols}"), &got, &want, 1e-4);
+    }
+
+    #[test]
+    fn matvec_matches_reference_for_every_type() {
+        let Some(ctx) = test_context() else { return };
+        for (i, &ty) in GgmlType::compute_types().iter().enumerate() {
+            let be = ty.block_elems();
+            // Odd row counts; columns that are not multiples of 64 (the workgroup) and,
+            // for float types, not even multiples of 32 (the unit).
+            let ncols = if be == 1 { 77 } else { be * 3 };
+            run(ctx, ty, ncols, 37, 100 + i as u64);
+            let ncols = if be == 1 { 1000 } else { be * 9 };
+            run(ctx, ty, ncols, 5, 200 + i as u64);
+        }
+    }
+
+    #[test]
+    fn matvec_over_chunked_weights() {
+        // Force tiny bindings so the matrix is split into several chunks.
+        if test_context().is_none() {
+            return;
+        }
+        let ctx = GpuContext::new(&DeviceOptions {
+            max_binding_bytes: Some(4096),
+            ..Default::default()
+        })
+        .unwrap();
+        let (ty, ncols, nrows) = (GgmlType::Q4_K, 512, 61);
+        let mut rng = SplitMix64::new(7);
+        let w = random_blocks(ty, ncols * nrows, &mut rng).unwrap();
+        let gw = GpuMatrix::upload(&ctx, "w", ty, ncols, nrows, &w).unwrap();
+        assert!(gw.chunks.len() > 3, "expected several chunks, got {}", gw.chunks.len());
+        run(&ctx, ty, ncols, nrows, 7);
+    }
+
+    #[test]
+    fn matvec_without_optional_features() {
+        if test_context().is_none() {
+            return;
+        }
+        let ctx = GpuContext::new(&DeviceOptions {
+            allow_f16: false,
+            allow_subgroup: false,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!ctx.features.shader_f16 && !ctx.features.subgroup);
+        run(&ctx, GgmlType::Q6_K, 256 * 2, 19, 11);
+        run(&ctx, GgmlType::F16, 45, 19, 12);
+    }
+}
