@@ -34,8 +34,14 @@ fn every_malformed_file_gives_a_clean_error() {
                     kvedge_runtime::Error::Gguf { source, .. } => source.to_string(),
                     other => panic!("{file}: expected a GGUF format error, got: {other}"),
                 };
-                assert!(reason.contains(&expect), "{file}: error '{reason}' does not contain '{expect}'");
-                assert!(msg.contains(&file), "{file}: error '{msg}' does not name the file");
+                assert!(
+                    reason.contains(&expect),
+                    "{file}: error '{reason}' does not contain '{expect}'"
+                );
+                assert!(
+                    msg.contains(&file),
+                    "{file}: error '{msg}' does not name the file"
+                );
                 eprintln!("{file}: {msg}");
             }
         }
@@ -48,7 +54,17 @@ fn random_mutations_never_panic() {
     // in fuzz/): flip bytes, overwrite words with extreme values, truncate.
     let valid = std::fs::read(data("gguf_malformed/valid.gguf")).unwrap();
     let mut rng = SplitMix64::new(42);
-    let extremes = [0u64, 1, 31, 32, 0xFF, 0xFFFF_FFFF, 1 << 32, 1 << 62, u64::MAX];
+    let extremes = [
+        0u64,
+        1,
+        31,
+        32,
+        0xFF,
+        0xFFFF_FFFF,
+        1 << 32,
+        1 << 62,
+        u64::MAX,
+    ];
     let mut errors = 0;
     for i in 0..20_000 {
         let mut b = valid.clone();
@@ -75,5 +91,8 @@ fn random_mutations_never_panic() {
             errors += 1;
         }
     }
-    assert!(errors > 5_000, "only {errors} of 20000 mutations were rejected");
+    assert!(
+        errors > 5_000,
+        "only {errors} of 20000 mutations were rejected"
+    );
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 /// `tests/data/<rel>`.
 pub fn data(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(rel)
 }
 
 /// A fetched real model (models/fetch.sh), or `None` with a note when it is absent.
@@ -21,7 +23,10 @@ pub fn model(file: &str) -> Option<PathBuf> {
     }
     let required = std::env::var("KVEDGE_REQUIRE_MODELS").unwrap_or_default();
     if required == "all" || required.split(',').any(|r| r.trim() == file) {
-        panic!("{} is required (KVEDGE_REQUIRE_MODELS) but missing: run models/fetch.sh", path.display());
+        panic!(
+            "{} is required (KVEDGE_REQUIRE_MODELS) but missing: run models/fetch.sh",
+            path.display()
+        );
     }
     eprintln!("skipping: {} not fetched (models/fetch.sh)", path.display());
     None

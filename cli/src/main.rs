@@ -1,1 +1,59 @@
-fn main(){}
+//! `kvedge`: the command line of the kvedge runtime.
+//!
+//! - `kvedge inspect FILE`: architecture, hyperparameters, tokenizer, tensors by type and
+//!   the KV-cache bytes per token of a GGUF model.
+//! - `kvedge devices`: the GPU adapters wgpu sees, with the features and limits that matter.
+//! - `kvedge bench --kernels`: GB/s of the dequantizing matvec kernels per quant type on
+//!   the adapter at hand.
+
+mod bench;
+mod devices;
+mod inspect;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kvedge",
+    version,
+    about = "Quantized GGUF models on laptop and phone GPUs, with a compressed KV cache"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a GGUF model's architecture, hyperparameters, tokenizer, tensors and KV bytes.
+    Inspect {
+        /// The GGUF file.
+        file: PathBuf,
+        /// Also list every tensor.
+        #[arg(long)]
+        tensors: bool,
+    },
+    /// List the GPU adapters (choose a backend with WGPU_BACKEND, an adapter with KVEDGE_ADAPTER).
+    Devices,
+    /// Benchmarks.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect { file, tensors } => inspect::run(&file, tensors),
+        Command::Devices => devices::run(),
+        Command::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvedge: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

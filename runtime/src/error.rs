@@ -41,9 +41,7 @@ pub enum Error {
         supported: String,
     },
 
-    #[error(
-        "no GPU adapter found for backends {backends}. {hint}"
-    )]
+    #[error("no GPU adapter found for backends {backends}. {hint}")]
     NoAdapter { backends: String, hint: String },
 
     #[error("adapter index {index} out of range: {count} adapter(s) found (see `kvedge devices`)")]

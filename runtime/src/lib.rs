@@ -16,3 +16,5 @@ pub mod quant;
 pub mod rng;
 
 pub use error::{Error, Result};
+/// The wgpu version kvedge is built against, for callers that pass their own device.
+pub use wgpu;

@@ -19,5 +19,7 @@ mod writer;
 
 pub use error::GgufError;
 pub use metadata::{MetaArray, MetaValue, ValueType};
-pub use reader::{parse, GgufFile, GgufHeader, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
+pub use reader::{
+    parse, GgufFile, GgufHeader, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS,
+};
 pub use writer::GgufWriter;

@@ -371,7 +371,9 @@ pub fn parse(bytes: &[u8]) -> Result<GgufHeader, GgufError> {
             }
         }
     }
-    let mut order: Vec<usize> = (0..tensors.len()).filter(|&i| tensors[i].n_bytes > 0).collect();
+    let mut order: Vec<usize> = (0..tensors.len())
+        .filter(|&i| tensors[i].n_bytes > 0)
+        .collect();
     order.sort_by_key(|&i| tensors[i].offset);
     for w in order.windows(2) {
         let (a, b) = (&tensors[w[0]], &tensors[w[1]]);
@@ -405,7 +407,8 @@ impl GgufHeader {
     }
 
     fn require(&self, key: &str) -> Result<&MetaValue, GgufError> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey { key: key.into() })
+        self.get(key)
+            .ok_or_else(|| GgufError::MissingKey { key: key.into() })
     }
 
     /// A required non-negative integer of any integer type.
@@ -545,10 +548,12 @@ impl GgufFile {
     }
 
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
-        self.header.tensor(name).ok_or_else(|| Error::MissingTensor {
-            file: self.name.clone(),
-            name: name.into(),
-        })
+        self.header
+            .tensor(name)
+            .ok_or_else(|| Error::MissingTensor {
+                file: self.name.clone(),
+                name: name.into(),
+            })
     }
 
     /// The bytes of a tensor of this file, viewed in place. The range was validated at

@@ -123,7 +123,9 @@ impl GgufWriter {
             });
         }
         if self.tensors.iter().any(|t| t.name == name) {
-            return Err(Error::InvalidArgument(format!("duplicate tensor name '{name}'")));
+            return Err(Error::InvalidArgument(format!(
+                "duplicate tensor name '{name}'"
+            )));
         }
         self.tensors.push(PendingTensor {
             name,
@@ -197,12 +199,16 @@ mod tests {
             MetaValue::Array(MetaArray::String(vec!["x".into(), "yz".into()])),
         );
         let q = vec![3u8; 18 * 3];
-        w.add_tensor("t.q", GgmlType::Q4_0, &[32, 3], q.clone()).unwrap();
+        w.add_tensor("t.q", GgmlType::Q4_0, &[32, 3], q.clone())
+            .unwrap();
         let f: Vec<u8> = (0..7u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
         w.add_tensor("t.f", GgmlType::F32, &[7], f.clone()).unwrap();
         let file = GgufFile::from_bytes("mem", w.to_bytes()).unwrap();
         assert_eq!(file.get("a.u32"), Some(&MetaValue::U32(7)));
-        assert_eq!(file.header().get_str("general.architecture").unwrap(), "llama");
+        assert_eq!(
+            file.header().get_str("general.architecture").unwrap(),
+            "llama"
+        );
         let a = file.get("a.strs").and_then(|v| v.as_array()).unwrap();
         assert_eq!(a, &MetaArray::String(vec!["x".into(), "yz".into()]));
         let tq = file.tensor("t.q").unwrap();
@@ -216,7 +222,9 @@ mod tests {
     #[test]
     fn writer_rejects_wrong_sizes() {
         let mut w = GgufWriter::new();
-        assert!(w.add_tensor("a", GgmlType::Q4_0, &[31], vec![0; 18]).is_err());
+        assert!(w
+            .add_tensor("a", GgmlType::Q4_0, &[31], vec![0; 18])
+            .is_err());
         assert!(w.add_tensor("a", GgmlType::F32, &[4], vec![0; 15]).is_err());
     }
 }

@@ -48,11 +48,13 @@ impl GpuMatrix {
                     .join(", "),
             });
         }
-        let row_bytes = ty.bytes_for(ncols as u64).ok_or_else(|| Error::ShapeMismatch {
-            what: format!("'{label}': columns must be a multiple of the {ty} block"),
-            expected: ncols.div_ceil(ty.block_elems()) * ty.block_elems(),
-            got: ncols,
-        })?;
+        let row_bytes = ty
+            .bytes_for(ncols as u64)
+            .ok_or_else(|| Error::ShapeMismatch {
+                what: format!("'{label}': columns must be a multiple of the {ty} block"),
+                expected: ncols.div_ceil(ty.block_elems()) * ty.block_elems(),
+                got: ncols,
+            })?;
         let total = row_bytes
             .checked_mul(nrows as u64)
             .filter(|&t| t == bytes.len() as u64)
@@ -88,7 +90,10 @@ impl GpuMatrix {
                 break;
             }
         }
-        log::debug!("uploaded '{label}': {ty} {nrows}x{ncols}, {total} bytes in {} chunk(s)", chunks.len());
+        log::debug!(
+            "uploaded '{label}': {ty} {nrows}x{ncols}, {total} bytes in {} chunk(s)",
+            chunks.len()
+        );
         Ok(Self {
             ty,
             ncols: ncols as u32,

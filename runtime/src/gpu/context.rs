@@ -196,7 +196,8 @@ impl GpuContext {
             }
         }));
 
-        let adapter_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        let adapter_binding =
+            (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         let max_binding = opts
             .max_binding_bytes
             .map_or(adapter_binding, |cap| cap.min(adapter_binding))
@@ -378,10 +379,13 @@ impl GpuContext {
                 message: e.to_string(),
             })?;
         let out = {
-            let view = staging.slice(..).get_mapped_range().map_err(|e| Error::Gpu {
-                what: "readback view".into(),
-                message: e.to_string(),
-            })?;
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu {
+                    what: "readback view".into(),
+                    message: e.to_string(),
+                })?;
             bytemuck::pod_collect_to_vec::<u8, f32>(&view[..bytes as usize])
         };
         staging.unmap();
@@ -393,10 +397,13 @@ impl GpuContext {
 /// unmap it.
 fn write_mapped(buffer: &wgpu::Buffer, bytes: &[u8]) -> Result<()> {
     {
-        let mut view = buffer.slice(..).get_mapped_range_mut().map_err(|e| Error::Gpu {
-            what: "mapping a new buffer".into(),
-            message: e.to_string(),
-        })?;
+        let mut view = buffer
+            .slice(..)
+            .get_mapped_range_mut()
+            .map_err(|e| Error::Gpu {
+                what: "mapping a new buffer".into(),
+                message: e.to_string(),
+            })?;
         if view.len() == bytes.len() {
             view.copy_from_slice(bytes);
         } else {

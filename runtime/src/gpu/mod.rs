@@ -28,7 +28,13 @@ pub fn grid(n: u32, max_per_dim: u32) -> (u32, u32) {
 mod tests {
     #[test]
     fn grid_covers_every_workgroup() {
-        for &(n, m) in &[(1u32, 65535u32), (65535, 65535), (65536, 65535), (151936, 65535), (10, 4)] {
+        for &(n, m) in &[
+            (1u32, 65535u32),
+            (65535, 65535),
+            (65536, 65535),
+            (151936, 65535),
+            (10, 4),
+        ] {
             let (x, y) = super::grid(n, m);
             assert!(x <= m && y <= m && x * y >= n, "n={n} m={m} -> {x}x{y}");
         }

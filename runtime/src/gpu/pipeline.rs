@@ -47,15 +47,23 @@ impl GpuContext {
         key: &str,
         source: impl FnOnce() -> ShaderSource,
     ) -> Result<Arc<wgpu::ComputePipeline>> {
-        if let Some(p) = self.pipelines().map.lock().map_err(|_| lock_err())?.get(key) {
+        if let Some(p) = self
+            .pipelines()
+            .map
+            .lock()
+            .map_err(|_| lock_err())?
+            .get(key)
+        {
             return Ok(p.clone());
         }
         let src = source();
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(key),
-            source: wgpu::ShaderSource::Wgsl(src.code.into()),
-        });
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(key),
+                source: wgpu::ShaderSource::Wgsl(src.code.into()),
+            });
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

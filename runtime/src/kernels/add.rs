@@ -40,7 +40,12 @@ mod tests {
             let (ga, gb) = (ctx.upload("a", &a).unwrap(), ctx.upload("b", &b).unwrap());
             record(ctx, &mut enc, &ga, &gb, &out, n).unwrap();
             ctx.submit_wait(enc).unwrap();
-            assert_close(&format!("add {n}"), &ctx.read_f32(&out, n).unwrap(), &reference(&a, &b), 1e-6);
+            assert_close(
+                &format!("add {n}"),
+                &ctx.read_f32(&out, n).unwrap(),
+                &reference(&a, &b),
+                1e-6,
+            );
         }
     }
 }

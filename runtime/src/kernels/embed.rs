@@ -71,7 +71,13 @@ pub fn check_ids(ids: &[u32], nrows: usize) -> Result<()> {
 }
 
 /// CPU reference.
-pub fn reference(ty: GgmlType, table: &[u8], ncols: usize, nrows: usize, ids: &[u32]) -> Result<Vec<f32>> {
+pub fn reference(
+    ty: GgmlType,
+    table: &[u8],
+    ncols: usize,
+    nrows: usize,
+    ids: &[u32],
+) -> Result<Vec<f32>> {
     check_ids(ids, nrows)?;
     let mut out = Vec::with_capacity(ids.len() * ncols);
     for &id in ids {
@@ -107,7 +113,11 @@ mod tests {
     fn embed_matches_reference_for_every_type() {
         let Some(ctx) = test_context() else { return };
         for (i, &ty) in GgmlType::compute_types().iter().enumerate() {
-            let ncols = if ty.block_elems() == 1 { 75 } else { ty.block_elems() * 3 };
+            let ncols = if ty.block_elems() == 1 {
+                75
+            } else {
+                ty.block_elems() * 3
+            };
             run(ctx, ty, ncols, 29, 500 + i as u64);
         }
     }
@@ -117,11 +127,19 @@ mod tests {
         if test_context().is_none() {
             return;
         }
-        let ctx = GpuContext::new(&DeviceOptions { max_binding_bytes: Some(12288), ..Default::default() }).unwrap();
+        let ctx = GpuContext::new(&DeviceOptions {
+            max_binding_bytes: Some(12288),
+            ..Default::default()
+        })
+        .unwrap();
         let mut rng = SplitMix64::new(9);
         let table = random_blocks(GgmlType::Q6_K, 256 * 200, &mut rng).unwrap();
         let gt = GpuMatrix::upload(&ctx, "table", GgmlType::Q6_K, 256, 200, &table).unwrap();
-        assert!(gt.chunks.len() >= 4, "expected several chunks, got {}", gt.chunks.len());
+        assert!(
+            gt.chunks.len() >= 4,
+            "expected several chunks, got {}",
+            gt.chunks.len()
+        );
         run(&ctx, GgmlType::Q6_K, 256, 200, 9);
     }
 

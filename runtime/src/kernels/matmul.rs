@@ -89,7 +89,11 @@ pub fn reference(
     for i in 0..m {
         let xi = &x[i * k..(i + 1) * k];
         for (j, wj) in rows.iter().enumerate() {
-            y[i * n + j] = xi.iter().zip(wj).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32;
+            y[i * n + j] = xi
+                .iter()
+                .zip(wj)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum::<f64>() as f32;
         }
     }
     Ok(y)

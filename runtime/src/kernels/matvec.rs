@@ -57,11 +57,21 @@ pub fn record(
 }
 
 /// CPU reference: dequantize each row and take its dot product with `x` in f64.
-pub fn reference(ty: GgmlType, w: &[u8], ncols: usize, nrows: usize, x: &[f32]) -> Result<Vec<f32>> {
+pub fn reference(
+    ty: GgmlType,
+    w: &[u8],
+    ncols: usize,
+    nrows: usize,
+    x: &[f32],
+) -> Result<Vec<f32>> {
     (0..nrows)
         .map(|r| {
             let row = dequantize_row(ty, w, ncols, r)?;
-            Ok(row.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32)
+            Ok(row
+                .iter()
+                .zip(x)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum::<f64>() as f32)
         })
         .collect()
 }
@@ -118,7 +128,11 @@ mod tests {
         let mut rng = SplitMix64::new(7);
         let w = random_blocks(ty, ncols * nrows, &mut rng).unwrap();
         let gw = GpuMatrix::upload(&ctx, "w", ty, ncols, nrows, &w).unwrap();
-        assert!(gw.chunks.len() > 3, "expected several chunks, got {}", gw.chunks.len());
+        assert!(
+            gw.chunks.len() > 3,
+            "expected several chunks, got {}",
+            gw.chunks.len()
+        );
         run(&ctx, ty, ncols, nrows, 7);
     }
 

@@ -55,7 +55,11 @@ pub fn reference(x: &[f32], weight: &[f32], ncols: usize, eps: f32) -> Vec<f32> 
     for row in x.chunks(ncols) {
         let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / ncols as f64;
         let scale = 1.0 / (ms + eps as f64).sqrt();
-        y.extend(row.iter().zip(weight).map(|(&v, &w)| (v as f64 * scale * w as f64) as f32));
+        y.extend(
+            row.iter()
+                .zip(weight)
+                .map(|(&v, &w)| (v as f64 * scale * w as f64) as f32),
+        );
     }
     y
 }

@@ -47,7 +47,7 @@ pub struct RopeParams {
 const _: () = assert!(std::mem::size_of::<RopeParams>() == 32);
 
 fn validate(cfg: &RopeConfig) -> Result<()> {
-    if cfg.n_rot == 0 || cfg.n_rot % 2 != 0 || cfg.n_rot > cfg.head_dim {
+    if cfg.n_rot == 0 || !cfg.n_rot.is_multiple_of(2) || cfg.n_rot > cfg.head_dim {
         return Err(Error::InvalidArgument(format!(
             "rope: rotated dims must be even and in 2..={}, got {}",
             cfg.head_dim, cfg.n_rot
@@ -96,7 +96,8 @@ pub fn reference(x: &mut [f32], positions: &[u32], cfg: &RopeConfig) -> Result<(
         for h in 0..cfg.n_heads {
             let base = (t * cfg.n_heads + h) * cfg.head_dim;
             for i in 0..half {
-                let theta = pos as f64 * (cfg.freq_base as f64).powf(-2.0 * i as f64 / cfg.n_rot as f64);
+                let theta =
+                    pos as f64 * (cfg.freq_base as f64).powf(-2.0 * i as f64 / cfg.n_rot as f64);
                 let (s, c) = theta.sin_cos();
                 let (a, b) = match cfg.layout {
                     RopeLayout::Adjacent => (base + 2 * i, base + 2 * i + 1),
@@ -122,8 +123,16 @@ mod tests {
         let Some(ctx) = test_context() else { return };
         for layout in [RopeLayout::Adjacent, RopeLayout::Halves] {
             // head_dim 64 fully rotated; head_dim 46 with a partial rotation of 30 dims.
-            for &(head_dim, n_rot, n_heads, n_tokens) in &[(64usize, 64usize, 3usize, 5usize), (46, 30, 7, 3)] {
-                let cfg = RopeConfig { head_dim, n_heads, n_rot, freq_base: 10000.0, layout };
+            for &(head_dim, n_rot, n_heads, n_tokens) in
+                &[(64usize, 64usize, 3usize, 5usize), (46, 30, 7, 3)]
+            {
+                let cfg = RopeConfig {
+                    head_dim,
+                    n_heads,
+                    n_rot,
+                    freq_base: 10000.0,
+                    layout,
+                };
                 let mut rng = SplitMix64::new(head_dim as u64);
                 let x = rng.vec_f32(n_tokens * n_heads * head_dim, -1.0, 1.0);
                 let pos: Vec<u32> = (0..n_tokens).map(|_| rng.below(2000) as u32).collect();
@@ -136,7 +145,12 @@ mod tests {
                 ctx.submit_wait(enc).unwrap();
                 let got = ctx.read_f32(&gx, x.len()).unwrap();
                 // Angles reach ~2000 rad, where f32 carries ~1e-4 rad of error.
-                assert_close(&format!("rope {layout:?} d{head_dim} r{n_rot}"), &got, &want, 2e-3);
+                assert_close(
+                    &format!("rope {layout:?} d{head_dim} r{n_rot}"),
+                    &got,
+                    &want,
+                    2e-3,
+                );
                 if n_rot < head_dim {
                     let tail = (n_tokens * n_heads - 1) * head_dim + head_dim - 1;
                     assert_eq!(got[tail], x[tail], "dims past n_rot must not move");
@@ -147,7 +161,13 @@ mod tests {
 
     #[test]
     fn rope_rejects_odd_rotation() {
-        let cfg = RopeConfig { head_dim: 8, n_heads: 1, n_rot: 7, freq_base: 1e4, layout: RopeLayout::Adjacent };
+        let cfg = RopeConfig {
+            head_dim: 8,
+            n_heads: 1,
+            n_rot: 7,
+            freq_base: 1e4,
+            layout: RopeLayout::Adjacent,
+        };
         assert!(reference(&mut [0.0; 8], &[0], &cfg).is_err());
     }
 }

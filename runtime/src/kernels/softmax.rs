@@ -47,8 +47,13 @@ pub fn record(
 /// CPU reference.
 pub fn reference(x: &mut [f32], ncols: usize, scale: f32) {
     for row in x.chunks_mut(ncols) {
-        let m = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64 * scale as f64));
-        let e: Vec<f64> = row.iter().map(|&v| (v as f64 * scale as f64 - m).exp()).collect();
+        let m = row
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64 * scale as f64));
+        let e: Vec<f64> = row
+            .iter()
+            .map(|&v| (v as f64 * scale as f64 - m).exp())
+            .collect();
         let s: f64 = e.iter().sum();
         for (o, v) in row.iter_mut().zip(e) {
             *o = (v / s) as f32;
@@ -65,7 +70,12 @@ mod tests {
     #[test]
     fn softmax_matches_reference() {
         let Some(ctx) = test_context() else { return };
-        for &(ncols, nrows, scale) in &[(1usize, 2usize, 1.0f32), (37, 9, 0.125), (1000, 3, 1.0), (4099, 2, 0.5)] {
+        for &(ncols, nrows, scale) in &[
+            (1usize, 2usize, 1.0f32),
+            (37, 9, 0.125),
+            (1000, 3, 1.0),
+            (4099, 2, 0.5),
+        ] {
             let mut rng = SplitMix64::new(ncols as u64 * 31);
             // Large logits: a naive exp would overflow.
             let x = rng.vec_f32(ncols * nrows, -100.0, 100.0);

@@ -19,11 +19,16 @@ fn blocks<B: QuantBlock>(bytes: &[u8], out: &mut [f32]) {
 /// Dequantize `bytes` of type `ty` into `out`; `out.len()` is the element count, and
 /// `bytes.len()` must be exactly what that many elements take.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
-    let need = ty.bytes_for(out.len() as u64).ok_or_else(|| Error::ShapeMismatch {
-        what: format!("{ty} dequantize: element count must be a multiple of {}", ty.block_elems()),
-        expected: out.len().div_ceil(ty.block_elems()) * ty.block_elems(),
-        got: out.len(),
-    })?;
+    let need = ty
+        .bytes_for(out.len() as u64)
+        .ok_or_else(|| Error::ShapeMismatch {
+            what: format!(
+                "{ty} dequantize: element count must be a multiple of {}",
+                ty.block_elems()
+            ),
+            expected: out.len().div_ceil(ty.block_elems()) * ty.block_elems(),
+            got: out.len(),
+        })?;
     if bytes.len() as u64 != need {
         return Err(Error::ShapeMismatch {
             what: format!("{ty} dequantize of {} elements: input bytes", out.len()),
@@ -74,11 +79,13 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
 
 /// Dequantize row `row` of a 2-D tensor with `ncols` columns stored row-major in `bytes`.
 pub fn dequantize_row(ty: GgmlType, bytes: &[u8], ncols: usize, row: usize) -> Result<Vec<f32>> {
-    let row_bytes = ty.bytes_for(ncols as u64).ok_or_else(|| Error::ShapeMismatch {
-        what: format!("{ty} row length must be a multiple of {}", ty.block_elems()),
-        expected: ncols.div_ceil(ty.block_elems()) * ty.block_elems(),
-        got: ncols,
-    })? as usize;
+    let row_bytes = ty
+        .bytes_for(ncols as u64)
+        .ok_or_else(|| Error::ShapeMismatch {
+            what: format!("{ty} row length must be a multiple of {}", ty.block_elems()),
+            expected: ncols.div_ceil(ty.block_elems()) * ty.block_elems(),
+            got: ncols,
+        })? as usize;
     let start = row * row_bytes;
     let slice = bytes
         .get(start..start + row_bytes)

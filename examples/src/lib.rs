@@ -1,0 +1,1 @@
+//! Holds the examples of the kvedge workspace; see `[[example]]` in Cargo.toml.
