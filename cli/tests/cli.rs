@@ -62,3 +62,23 @@ fn bad_flags_are_errors_not_panics() {
     let (ok, _, err) = kvedge(&["inspect", "/nonexistent.gguf"]);
     assert!(!ok && err.contains("No such file"), "{err}");
 }
+
+#[test]
+fn no_adapter_gives_a_clear_error() {
+    // No adapter exists for a backend this platform lacks (Metal on Linux/Windows, DX12
+    // elsewhere): the error must say how to get one.
+    let backend = if cfg!(target_os = "macos") {
+        "dx12"
+    } else {
+        "metal"
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_kvedge"))
+        .args(["bench", "--kernels", "--mib", "1"])
+        .env("WGPU_BACKEND", backend)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no GPU adapter found"), "{err}");
+    assert!(err.contains("mesa-vulkan-drivers"), "{err}");
+}

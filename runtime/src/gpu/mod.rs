@@ -9,7 +9,7 @@ mod pipeline;
 
 pub use buffer::{GpuMatrix, MatrixChunk};
 pub use context::{list_adapters, AdapterSummary, DeviceOptions, GpuContext, GpuFeatures};
-pub use pipeline::{PipelineCache, ShaderSource};
+pub use pipeline::PipelineCache;
 
 /// Split `n` workgroups into an (x, y) grid within the per-dimension dispatch limit; the
 /// shader recovers the linear index as `id.x + id.y * grid_x`. Covers up to `max²`

@@ -1,22 +1,14 @@
-//! Compute pipelines, compiled once and cached by a readable key
-//! (`matvec.Q4_K.wg64`), which is also the wgpu label. A shader is assembled from WGSL
-//! pieces (shared includes first, then the kernel) plus a few generated lines for the
-//! variant; geometry that varies goes through WGSL `override` constants, which are part of
-//! the key. Compile errors are caught in an error scope and returned as values.
+//! Compute pipelines, compiled once and cached by a readable key (`matvec.Q4_K`, plus
+//! `.NAME=VALUE` for each WGSL `override` constant), which is also the wgpu label. A
+//! shader is assembled by its kernel module from WGSL pieces (shared includes first, then
+//! the kernel) plus a few generated lines for the type variant. Compile errors are caught
+//! in an error scope and returned as values.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::GpuContext;
 use crate::{Error, Result};
-
-/// The WGSL of one pipeline variant: shared pieces, the kernel and any generated lines
-/// (e.g. which dequantizer the kernel calls), already concatenated.
-pub struct ShaderSource {
-    pub code: String,
-    /// WGSL `override` constants.
-    pub constants: Vec<(&'static str, f64)>,
-}
 
 #[derive(Default)]
 pub struct PipelineCache {
@@ -41,12 +33,20 @@ fn lock_err() -> Error {
 }
 
 impl GpuContext {
-    /// The pipeline for `key`, built from `source` on first use.
+    /// The pipeline of shader variant `name` (e.g. `matvec.Q4_K`) with WGSL `override`
+    /// `constants`, compiled from `code()` on first use. The cache key (also the wgpu
+    /// label) is the name followed by the constants: `matvec.Q4_K.WG=64`.
     pub fn pipeline(
         &self,
-        key: &str,
-        source: impl FnOnce() -> ShaderSource,
+        name: &str,
+        constants: &[(&str, f64)],
+        code: impl FnOnce() -> String,
     ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let mut key = name.to_string();
+        for (k, v) in constants {
+            key.push_str(&format!(".{k}={v}"));
+        }
+        let key = key.as_str();
         if let Some(p) = self
             .pipelines()
             .map
@@ -56,13 +56,12 @@ impl GpuContext {
         {
             return Ok(p.clone());
         }
-        let src = source();
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(key),
-                source: wgpu::ShaderSource::Wgsl(src.code.into()),
+                source: wgpu::ShaderSource::Wgsl(code().into()),
             });
         let pipeline = self
             .device
@@ -72,7 +71,7 @@ impl GpuContext {
                 module: &module,
                 entry_point: Some("main"),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &src.constants,
+                    constants,
                     zero_initialize_workgroup_memory: false,
                 },
                 cache: None,
@@ -132,5 +131,55 @@ impl GpuContext {
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::kernels::check::test_context;
+
+    const FILL: &str = "override VALUE: f32 = 1.0;
+@group(0) @binding(0) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(1)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) { out[id.x] = VALUE; }";
+
+    #[test]
+    fn pipelines_are_cached_by_name_and_constants() {
+        let Some(ctx) = test_context() else { return };
+        let a = ctx
+            .pipeline("test.fill", &[("VALUE", 3.0)], || FILL.into())
+            .unwrap();
+        let b = ctx
+            .pipeline("test.fill", &[("VALUE", 3.0)], || unreachable!())
+            .unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&a, &b),
+            "second lookup must hit the cache"
+        );
+        let c = ctx
+            .pipeline("test.fill", &[("VALUE", -2.5)], || FILL.into())
+            .unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&a, &c));
+        for (p, want) in [(&a, 3.0f32), (&c, -2.5)] {
+            let out = ctx.storage_f32("out", 3).unwrap();
+            let bg = ctx.bind("fill", p, &[&out]);
+            let mut enc = ctx.encoder("test");
+            ctx.dispatch(&mut enc, "fill", p, &bg, (3, 1));
+            ctx.submit_wait(enc).unwrap();
+            assert_eq!(ctx.read_f32(&out, 3).unwrap(), vec![want; 3]);
+        }
+    }
+
+    #[test]
+    fn invalid_wgsl_is_an_error_not_a_panic() {
+        let Some(ctx) = test_context() else { return };
+        let e = ctx
+            .pipeline("test.bad", &[], || "fn main( {".into())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("compiling pipeline 'test.bad'"),
+            "{e}"
+        );
+        ctx.check().unwrap();
     }
 }

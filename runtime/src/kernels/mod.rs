@@ -19,7 +19,7 @@ pub mod rope;
 pub mod silu_mul;
 pub mod softmax;
 
-use crate::gpu::{GpuContext, ShaderSource};
+use crate::gpu::GpuContext;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
 
@@ -65,12 +65,11 @@ pub(crate) fn quant_pipeline(
 ) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
     let suffix = dequant_fn(ty)?;
     let key = format!("{kernel}.{ty}");
-    ctx.pipeline(&key, || ShaderSource {
-        code: format!(
+    ctx.pipeline(&key, &[], || {
+        format!(
             "{BYTES_WGSL}\n{DEQUANT_WGSL}\n{wgsl}\n\
              fn decode_unit(rb: u32, u: u32, ncols: u32) {{ decode_unit_{suffix}(rb, u, ncols); }}\n"
-        ),
-        constants: Vec::new(),
+        )
     })
 }
 
@@ -80,10 +79,7 @@ pub(crate) fn plain_pipeline(
     kernel: &str,
     wgsl: &'static str,
 ) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
-    ctx.pipeline(kernel, || ShaderSource {
-        code: wgsl.to_string(),
-        constants: Vec::new(),
-    })
+    ctx.pipeline(kernel, &[], || wgsl.to_string())
 }
 
 /// Check that a buffer holds at least `len` f32 values.
