@@ -164,8 +164,9 @@ fn read_vec<T>(
     key: &str,
     pick: impl Fn(MetaValue) -> Option<T>,
 ) -> Result<Vec<T>, GgufError> {
-    // `n` was checked against the bytes left, so this allocation is bounded by the file.
-    let mut v = Vec::with_capacity(n as usize);
+    // `n` was checked against the bytes left; still, reserve only a bounded amount up front
+    // so that a hostile count costs no more memory than the items actually read.
+    let mut v = Vec::with_capacity((n as usize).min(1 << 16));
     for _ in 0..n {
         let val = read_scalar(c, ty, key)?;
         // read_scalar returns the variant of `ty`, so `pick` always matches.

@@ -26,14 +26,14 @@ pub fn reference(a: &[f32], b: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::check::{assert_close, test_context};
+    use crate::kernels::check::{assert_close, test_context, test_seed};
     use crate::rng::SplitMix64;
 
     #[test]
     fn add_matches_reference() {
         let Some(ctx) = test_context() else { return };
         for &n in &[1usize, 63, 65, 4099] {
-            let mut rng = SplitMix64::new(n as u64);
+            let mut rng = SplitMix64::new(test_seed(n as u64));
             let (a, b) = (rng.vec_f32(n, -2.0, 2.0), rng.vec_f32(n, -2.0, 2.0));
             let out = ctx.storage_f32("out", n).unwrap();
             let mut enc = ctx.encoder("test");

@@ -33,6 +33,27 @@ pub fn test_context() -> Option<&'static GpuContext> {
     .as_ref()
 }
 
+/// A fresh seed for random test inputs: `base` mixed with a per-process seed taken from
+/// `KVEDGE_TEST_SEED` when set, else from the clock. The process seed is printed once, so a
+/// failure can be replayed with `KVEDGE_TEST_SEED=<seed>`.
+pub fn test_seed(base: u64) -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    let s = *SEED.get_or_init(|| {
+        let s = std::env::var("KVEDGE_TEST_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0)
+            });
+        eprintln!("random test inputs: KVEDGE_TEST_SEED={s}");
+        s
+    });
+    crate::rng::SplitMix64::new(s ^ base.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+}
+
 /// Whether `KVEDGE_REQUIRE_GPU=1` is set.
 pub fn require_gpu() -> bool {
     std::env::var("KVEDGE_REQUIRE_GPU").is_ok_and(|v| v == "1")
@@ -86,6 +107,10 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
         "{what}: reference is all zeros, the test would prove nothing"
     );
     let c = compare(got, want);
+    eprintln!(
+        "{what}: max normalized error {:.2e} (bound {tol:.0e})",
+        c.max_err
+    );
     assert!(
         c.max_err <= tol,
         "{what}: normalized error {:.3e} > bound {tol:.1e} at index {} (got {}, want {})",

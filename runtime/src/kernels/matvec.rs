@@ -80,12 +80,12 @@ pub fn reference(
 mod tests {
     use super::*;
     use crate::gpu::DeviceOptions;
-    use crate::kernels::check::{assert_close, test_context};
+    use crate::kernels::check::{assert_close, test_context, test_seed};
     use crate::quant::random_blocks;
     use crate::rng::SplitMix64;
 
     fn run(ctx: &GpuContext, ty: GgmlType, ncols: usize, nrows: usize, seed: u64) {
-        let mut rng = SplitMix64::new(seed);
+        let mut rng = SplitMix64::new(test_seed(seed));
         let w = random_blocks(ty, ncols * nrows, &mut rng).unwrap();
         let x = rng.vec_f32(ncols, -1.0, 1.0);
         let want = reference(ty, &w, ncols, nrows, &x).unwrap();
@@ -125,7 +125,7 @@ mod tests {
         })
         .unwrap();
         let (ty, ncols, nrows) = (GgmlType::Q4_K, 512, 61);
-        let mut rng = SplitMix64::new(7);
+        let mut rng = SplitMix64::new(test_seed(7));
         let w = random_blocks(ty, ncols * nrows, &mut rng).unwrap();
         let gw = GpuMatrix::upload(&ctx, "w", ty, ncols, nrows, &w).unwrap();
         assert!(
