@@ -98,6 +98,8 @@ def main():
         "size_past_end.gguf": (base(tensors=[tinfo("t0", [4096], F32_T, 0)]), "outside the data section"),
         "overlapping_tensors.gguf": (base(tensors=[tinfo("t0", [16], F32_T, 0), tinfo("t1", [32], Q4_0_T, 32)]), "overlap"),
         "duplicate_tensor.gguf": (base(tensors=[tinfo("t0", [8], F32_T, 0), tinfo("t0", [8], F32_T, 32)]), "duplicate tensor name 't0'"),
+        # Found by cargo fuzz: a zero-size tensor with the data section past the end of file.
+        "zero_size_tensor_past_end.gguf": (image(BASE_KVS, [tinfo("t0", [0], F32_T, 0)], b"", align=1), "outside the data section of 0 bytes"),
         "long_tensor_name.gguf": (base(tensors=[tinfo("t" * 100, [8], F32_T, 0)]), "over the limit of 64"),
     }
     lines = []

@@ -357,7 +357,21 @@ pub fn parse(bytes: &[u8]) -> Result<GgufHeader, GgufError> {
     // The data section starts at the next multiple of the alignment.
     let pos = c.pos as u64;
     let data_offset = pos.div_ceil(alignment).saturating_mul(alignment);
-    let data_len = (bytes.len() as u64).saturating_sub(data_offset);
+    // With tensors present the data section must exist, even for zero-size tensors.
+    let data_len = match (bytes.len() as u64).checked_sub(data_offset) {
+        Some(n) => n,
+        None => {
+            if let Some(t) = tensors.first() {
+                return Err(GgufError::OutOfBounds {
+                    tensor: t.name.clone(),
+                    start: t.offset,
+                    end: t.offset.saturating_add(t.n_bytes),
+                    data_len: 0,
+                });
+            }
+            0
+        }
+    };
     for t in &tensors {
         let end = t.offset.checked_add(t.n_bytes);
         match end {
