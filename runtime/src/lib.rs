@@ -12,6 +12,7 @@ pub mod error;
 pub mod gguf;
 pub mod gpu;
 pub mod kernels;
+pub mod kv;
 pub mod quant;
 pub mod rng;
 

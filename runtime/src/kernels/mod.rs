@@ -10,8 +10,10 @@
 //! generated `decode_unit` forwards to the tensor type's function.
 
 pub mod add;
+pub mod attention;
 pub mod check;
 pub mod embed;
+pub mod kv_store;
 pub mod matmul;
 pub mod matvec;
 pub mod rmsnorm;
@@ -100,7 +102,7 @@ pub(crate) fn to_u32(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::InvalidArgument(format!("{what} = {v} exceeds u32")))
 }
 
-/// Mirrors `Params` of the element-wise kernels (add.wgsl, silu_mul.wgsl).
+/// Mirrors `Params` of silu_mul.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ElementwiseParams {
@@ -110,7 +112,7 @@ pub struct ElementwiseParams {
 }
 const _: () = assert!(std::mem::size_of::<ElementwiseParams>() == 16);
 
-/// Record a kernel of the form `out[i] = f(a[i], b[i])` over `n` elements.
+/// Record a kernel of the form `out[i] = f(a[i], b[i])` over `n` elements (silu_mul).
 pub(crate) fn record_binary(
     ctx: &GpuContext,
     encoder: &mut wgpu::CommandEncoder,

@@ -1,0 +1,107 @@
+// Causal grouped-query attention over an f16 KV cache, for a chunk of queries (prefill)
+// or one (decode). Query t of the chunk sits at position pos0 + t and attends to cache
+// slots 0..=pos0 + t; query head h reads KV head h / (n_heads / n_kv_heads).
+//
+// One workgroup per (query, head). Keys are visited in blocks of WG: each thread scores
+// one key of the block (q·k, q pre-scaled), then the block updates a running max m and
+// normalizer l (online softmax, as in FlashAttention, Dao et al. 2022) and each thread
+// rescales and accumulates the head dims it owns. Memory is O(WG + head_dim) per
+// workgroup whatever the context length: no score matrix is ever stored.
+
+struct Params {
+    head_dim: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    n_tokens: u32,
+    capacity: u32,
+    pos0: u32,
+    scale: f32,
+    grid_x: u32,
+}
+
+@group(0) @binding(0) var<storage, read> q: array<f32>;
+@group(0) @binding(1) var<storage, read> kc: array<u32>;
+@group(0) @binding(2) var<storage, read> vc: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+const WG: u32 = 64u;
+const MAX_HD: u32 = 256u;
+const NEG: f32 = -3.0e38;
+
+var<workgroup> qs: array<f32, MAX_HD>;
+var<workgroup> prob: array<f32, WG>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let id = wid.x + wid.y * p.grid_x;
+    if (id >= p.n_tokens * p.n_heads) {
+        return;
+    }
+    let t = id / p.n_heads;
+    let h = id % p.n_heads;
+    let kvh = h / (p.n_heads / p.n_kv_heads);
+    let hd = p.head_dim;
+    let half = hd / 2u;
+    let n_keys = p.pos0 + t + 1u;
+    let qbase = (t * p.n_heads + h) * hd;
+    for (var d = lid.x; d < hd; d += WG) {
+        qs[d] = q[qbase + d] * p.scale;
+    }
+    workgroupBarrier();
+
+    let head_base = kvh * p.capacity * half; // in words
+    var m = NEG;
+    var l = 0.0;
+    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    for (var kb = 0u; kb < n_keys; kb += WG) {
+        let j = kb + lid.x;
+        var s = NEG;
+        if (j < n_keys) {
+            let kw = head_base + j * half;
+            var dot = 0.0;
+            for (var i = 0u; i < half; i++) {
+                let kv = unpack2x16float(kc[kw + i]);
+                dot += qs[2u * i] * kv.x + qs[2u * i + 1u] * kv.y;
+            }
+            s = dot;
+        }
+        prob[lid.x] = s;
+        workgroupBarrier();
+        var bm = NEG;
+        for (var i = 0u; i < WG; i++) {
+            bm = max(bm, prob[i]);
+        }
+        let m_new = max(m, bm);
+        workgroupBarrier();
+        prob[lid.x] = select(0.0, exp(s - m_new), j < n_keys);
+        workgroupBarrier();
+        let corr = exp(m - m_new);
+        var psum = 0.0;
+        for (var i = 0u; i < WG; i++) {
+            psum += prob[i];
+        }
+        l = l * corr + psum;
+        let nb = min(WG, n_keys - kb);
+        for (var c = 0u; c < 4u; c++) {
+            let d = lid.x + c * WG;
+            if (d < hd) {
+                var a = acc[c] * corr;
+                for (var i = 0u; i < nb; i++) {
+                    let word = head_base + (kb + i) * half + d / 2u;
+                    let vv = unpack2x16float(vc[word]);
+                    a += prob[i] * select(vv.x, vv.y, (d & 1u) == 1u);
+                }
+                acc[c] = a;
+            }
+        }
+        m = m_new;
+        workgroupBarrier();
+    }
+    for (var c = 0u; c < 4u; c++) {
+        let d = lid.x + c * WG;
+        if (d < hd) {
+            out[qbase + d] = acc[c] / l;
+        }
+    }
+}
