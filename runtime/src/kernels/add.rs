@@ -29,7 +29,7 @@ pub fn record(
     n: usize,
     b_len: usize,
 ) -> Result<()> {
-    if b_len == 0 || n % b_len != 0 {
+    if b_len == 0 || !n.is_multiple_of(b_len) {
         return Err(Error::InvalidArgument(format!(
             "add: {n} elements is not a whole number of rows of {b_len}"
         )));

@@ -31,13 +31,13 @@ pub struct AttentionParams {
 const _: () = assert!(std::mem::size_of::<AttentionParams>() == 32);
 
 fn validate(cfg: &KvCacheConfig, n_heads: usize, n_tokens: usize, pos0: usize) -> Result<()> {
-    if cfg.head_dim > MAX_HEAD_DIM || cfg.head_dim % 2 != 0 {
+    if cfg.head_dim > MAX_HEAD_DIM || !cfg.head_dim.is_multiple_of(2) {
         return Err(Error::InvalidArgument(format!(
             "attention: head dim must be even and at most {MAX_HEAD_DIM}, got {}",
             cfg.head_dim
         )));
     }
-    if cfg.n_kv_heads == 0 || n_heads % cfg.n_kv_heads != 0 {
+    if cfg.n_kv_heads == 0 || !n_heads.is_multiple_of(cfg.n_kv_heads) {
         return Err(Error::InvalidArgument(format!(
             "attention: {n_heads} query heads is not a multiple of {} KV heads",
             cfg.n_kv_heads

@@ -39,7 +39,7 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(ctx: &GpuContext, config: KvCacheConfig) -> Result<Self> {
-        if config.head_dim % 2 != 0 || config.capacity == 0 || config.n_kv_heads == 0 {
+        if !config.head_dim.is_multiple_of(2) || config.capacity == 0 || config.n_kv_heads == 0 {
             return Err(Error::InvalidArgument(format!(
                 "KV cache needs an even head dim and non-zero heads and capacity, got {config:?}"
             )));
