@@ -1,6 +1,6 @@
 // Rotary position embedding (RoFormer, Su et al. 2021), in place on x laid out as
 // [token][head][head_dim]. Pair i of the first n_rot dims of each head rotates by
-// pos * freq_base^(-2i/n_rot). GGUF llama-arch weights pair adjacent dims (2i, 2i+1);
+// pos * freq_scale * freq_base^(-2i/n_rot). GGUF llama-arch weights pair adjacent dims (2i, 2i+1);
 // qwen2/neox-style pair dim i with i + n_rot/2 (`neox` = 1). One thread per pair.
 
 struct Params {
@@ -11,7 +11,7 @@ struct Params {
     freq_base: f32,
     neox: u32,
     grid_x: u32,
-    _pad0: u32,
+    freq_scale: f32, // linear context scaling: positions are multiplied by this
 }
 
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
@@ -28,7 +28,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let i = id % half;
     let head = (id / half) % p.n_heads;
     let tok = id / (half * p.n_heads);
-    let theta = f32(pos[tok]) * pow(p.freq_base, -2.0 * f32(i) / f32(p.n_rot));
+    let theta = f32(pos[tok]) * p.freq_scale * pow(p.freq_base, -2.0 * f32(i) / f32(p.n_rot));
     let c = cos(theta);
     let s = sin(theta);
     let base = (tok * p.n_heads + head) * p.head_dim;

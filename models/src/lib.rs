@@ -6,6 +6,7 @@
 
 mod error;
 mod hparams;
+pub mod llama;
 mod tensors;
 
 pub use error::ModelError;

@@ -28,6 +28,8 @@ pub struct RopeConfig {
     pub n_heads: usize,
     pub n_rot: usize,
     pub freq_base: f32,
+    /// Linear context scaling (1 / `rope.scaling.factor`); 1 for none.
+    pub freq_scale: f32,
     pub layout: RopeLayout,
 }
 
@@ -42,7 +44,7 @@ pub struct RopeParams {
     pub freq_base: f32,
     pub neox: u32,
     pub grid_x: u32,
-    pub _pad: u32,
+    pub freq_scale: f32,
 }
 const _: () = assert!(std::mem::size_of::<RopeParams>() == 32);
 
@@ -80,7 +82,7 @@ pub fn record(
         freq_base: cfg.freq_base,
         neox: (cfg.layout == RopeLayout::Halves) as u32,
         grid_x: groups.0,
-        _pad: 0,
+        freq_scale: cfg.freq_scale,
     };
     let ub = ctx.uniform("rope.params", &params);
     let bg = ctx.bind("rope", &pipeline, &[x, positions, &ub]);
@@ -96,8 +98,9 @@ pub fn reference(x: &mut [f32], positions: &[u32], cfg: &RopeConfig) -> Result<(
         for h in 0..cfg.n_heads {
             let base = (t * cfg.n_heads + h) * cfg.head_dim;
             for i in 0..half {
-                let theta =
-                    pos as f64 * (cfg.freq_base as f64).powf(-2.0 * i as f64 / cfg.n_rot as f64);
+                let theta = pos as f64
+                    * cfg.freq_scale as f64
+                    * (cfg.freq_base as f64).powf(-2.0 * i as f64 / cfg.n_rot as f64);
                 let (s, c) = theta.sin_cos();
                 let (a, b) = match cfg.layout {
                     RopeLayout::Adjacent => (base + 2 * i, base + 2 * i + 1),
@@ -131,6 +134,8 @@ mod tests {
                     n_heads,
                     n_rot,
                     freq_base: 10000.0,
+                    // The partial rotation also exercises linear scaling.
+                    freq_scale: if n_rot < head_dim { 0.25 } else { 1.0 },
                     layout,
                 };
                 let mut rng = SplitMix64::new(test_seed(head_dim as u64));
@@ -166,6 +171,7 @@ mod tests {
             n_heads: 1,
             n_rot: 7,
             freq_base: 1e4,
+            freq_scale: 1.0,
             layout: RopeLayout::Adjacent,
         };
         assert!(reference(&mut [0.0; 8], &[0], &cfg).is_err());

@@ -1,0 +1,179 @@
+//! The reference forward pass on the CPU, built from the kernels' scalar references:
+//! weights are read from the mapped file and each row dequantized when used; activations
+//! are f32, dot products accumulate in f64; the KV cache holds f16 like the GPU's.
+//! Projections are split over threads by weight rows (std::thread::scope).
+
+use half::f16;
+use kvedge_runtime::gguf::TensorInfo;
+use kvedge_runtime::kernels::{add, attention, embed, kv_store, rmsnorm, rope, silu_mul};
+use kvedge_runtime::kv::KvCacheConfig;
+use kvedge_runtime::quant::dequantize;
+
+use super::LlamaModel;
+use crate::ModelError;
+
+/// The reference forward pass with its own f16 KV cache.
+pub struct CpuForward<'m> {
+    model: &'m LlamaModel,
+    cfg: KvCacheConfig,
+    kc: Vec<Vec<f16>>,
+    vc: Vec<Vec<f16>>,
+    len: usize,
+    threads: usize,
+}
+
+/// `y[m][n] = x[m][k] · W[n][k]^T` with W read from the file, rows split over threads.
+pub fn matmul_rows(
+    w: &TensorInfo,
+    bytes: &[u8],
+    x: &[f32],
+    m: usize,
+    threads: usize,
+) -> Result<Vec<f32>, ModelError> {
+    let (k, n) = (w.n_cols() as usize, w.n_rows() as usize);
+    let row_bytes = bytes.len() / n.max(1);
+    let mut y = vec![0.0f32; m * n];
+    // Column-major result per thread, transposed after: each thread owns rows of W.
+    let per = n.div_ceil(threads.max(1));
+    let parts: Vec<Result<Vec<f32>, ModelError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .step_by(per.max(1))
+            .map(|r0| {
+                let r1 = (r0 + per).min(n);
+                s.spawn(move || -> Result<Vec<f32>, ModelError> {
+                    let mut row = vec![0.0f32; k];
+                    let mut out = vec![0.0f32; (r1 - r0) * m];
+                    for r in r0..r1 {
+                        dequantize(w.ty, &bytes[r * row_bytes..(r + 1) * row_bytes], &mut row)?;
+                        for i in 0..m {
+                            let xi = &x[i * k..(i + 1) * k];
+                            let dot: f64 =
+                                row.iter().zip(xi).map(|(&a, &b)| a as f64 * b as f64).sum();
+                            out[(r - r0) * m + i] = dot as f32;
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(
+                        "CPU worker thread panicked".into(),
+                    )))
+                })
+            })
+            .collect()
+    });
+    for (p, part) in parts.into_iter().enumerate() {
+        let part = part?;
+        let r0 = p * per;
+        for (rr, chunk) in part.chunks(m).enumerate() {
+            for (i, &v) in chunk.iter().enumerate() {
+                y[i * n + r0 + rr] = v;
+            }
+        }
+    }
+    Ok(y)
+}
+
+impl<'m> CpuForward<'m> {
+    pub fn new(model: &'m LlamaModel, capacity: usize) -> Self {
+        let hp = &model.hp;
+        let cfg = KvCacheConfig {
+            n_layers: hp.n_layers,
+            n_kv_heads: hp.n_kv_heads,
+            head_dim: hp.head_dim,
+            capacity,
+        };
+        let size = hp.n_kv_heads * capacity * hp.head_dim;
+        Self {
+            model,
+            cfg,
+            kc: vec![vec![f16::ZERO; size]; hp.n_layers],
+            vc: vec![vec![f16::ZERO; size]; hp.n_layers],
+            len: 0,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn proj(&self, name: &str, x: &[f32], m: usize) -> Result<Vec<f32>, ModelError> {
+        let f = &self.model.file;
+        let t = f.tensor(name)?;
+        matmul_rows(t, f.tensor_data(t), x, m, self.threads)
+    }
+
+    /// Run `tokens` at the next positions; returns the logits of every token
+    /// ([tokens.len()][n_vocab]).
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let model = self.model;
+        let hp = &model.hp;
+        let m = tokens.len();
+        if m == 0 || self.len + m > self.cfg.capacity {
+            return Err(ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(
+                format!(
+                    "CPU forward: {m} tokens at position {} do not fit a context of {}",
+                    self.len, self.cfg.capacity
+                ),
+            )));
+        }
+        let e = hp.n_embd;
+        let emb = model.file.tensor("token_embd.weight")?;
+        let mut x = embed::reference(
+            emb.ty,
+            model.file.tensor_data(emb),
+            e,
+            emb.n_rows() as usize,
+            tokens,
+        )?;
+        let pos: Vec<u32> = (self.len..self.len + m).map(|p| p as u32).collect();
+        for l in 0..hp.n_layers {
+            let b = |n: &str| format!("blk.{l}.{n}");
+            let xn = rmsnorm::reference(&x, &model.vector(&b("attn_norm.weight"))?, e, hp.rms_eps);
+            let mut q = self.proj(&b("attn_q.weight"), &xn, m)?;
+            let mut k = self.proj(&b("attn_k.weight"), &xn, m)?;
+            let mut v = self.proj(&b("attn_v.weight"), &xn, m)?;
+            if hp.arch.qkv_bias() {
+                add::reference(&mut q, &model.vector(&b("attn_q.bias"))?);
+                add::reference(&mut k, &model.vector(&b("attn_k.bias"))?);
+                add::reference(&mut v, &model.vector(&b("attn_v.bias"))?);
+            }
+            rope::reference(&mut q, &pos, &model.rope(hp.n_heads))?;
+            rope::reference(&mut k, &pos, &model.rope(hp.n_kv_heads))?;
+            kv_store::reference(&self.cfg, &k, &mut self.kc[l], m, self.len);
+            kv_store::reference(&self.cfg, &v, &mut self.vc[l], m, self.len);
+            let att = attention::reference(
+                &self.cfg,
+                hp.n_heads,
+                &q,
+                &self.kc[l],
+                &self.vc[l],
+                m,
+                self.len,
+                model.attn_scale(),
+            )?;
+            let o = self.proj(&b("attn_output.weight"), &att, m)?;
+            add::reference(&mut x, &o);
+            let xn = rmsnorm::reference(&x, &model.vector(&b("ffn_norm.weight"))?, e, hp.rms_eps);
+            let g = self.proj(&b("ffn_gate.weight"), &xn, m)?;
+            let u = self.proj(&b("ffn_up.weight"), &xn, m)?;
+            let a = silu_mul::reference(&g, &u);
+            let d = self.proj(&b("ffn_down.weight"), &a, m)?;
+            add::reference(&mut x, &d);
+        }
+        let xn = rmsnorm::reference(&x, &model.vector("output_norm.weight")?, e, hp.rms_eps);
+        let logits = self.proj(model.output_name(), &xn, m)?;
+        self.len += m;
+        Ok(logits)
+    }
+}

@@ -1,0 +1,334 @@
+//! The GPU forward pass. [`GpuWeights`] uploads every matrix as its raw GGUF blocks
+//! (split into binding-sized chunks where needed) and the small vectors as f32;
+//! [`GpuForward`] owns a session's KV cache and scratch buffers, all allocated up front
+//! for a chunk of `chunk` tokens. A call runs its tokens chunk by chunk, one command
+//! submission per chunk: matrix-matrix kernels for chunks of several tokens, matvec for a
+//! single token (decode), and one readback of the last token's logits.
+
+use kvedge_runtime::gpu::{GpuContext, GpuMatrix};
+use kvedge_runtime::kernels::{
+    add, attention, embed, kv_store, matmul, matvec, rmsnorm, rope, silu_mul,
+};
+use kvedge_runtime::kv::{KvCache, KvCacheConfig};
+use kvedge_runtime::{wgpu, Error};
+
+use super::LlamaModel;
+use crate::ModelError;
+
+struct GpuLayer {
+    attn_norm: wgpu::Buffer,         // [n_embd]
+    wq: GpuMatrix,                   // [n_heads * head_dim rows][n_embd]
+    wk: GpuMatrix,                   // [n_kv_heads * head_dim][n_embd]
+    wv: GpuMatrix,                   // [n_kv_heads * head_dim][n_embd]
+    bias: Option<[wgpu::Buffer; 3]>, // q, k, v biases (qwen2)
+    wo: GpuMatrix,                   // [n_embd][n_heads * head_dim]
+    ffn_norm: wgpu::Buffer,          // [n_embd]
+    gate: GpuMatrix,                 // [n_ff][n_embd]
+    up: GpuMatrix,                   // [n_ff][n_embd]
+    down: GpuMatrix,                 // [n_embd][n_ff]
+}
+
+/// The model's weights on the GPU (immutable, shareable by sessions).
+pub struct GpuWeights {
+    embd: GpuMatrix,           // [n_vocab][n_embd]
+    output: Option<GpuMatrix>, // [n_vocab][n_embd]; None when tied to embd
+    output_norm: wgpu::Buffer, // [n_embd]
+    layers: Vec<GpuLayer>,
+}
+
+impl GpuWeights {
+    pub fn upload(ctx: &GpuContext, model: &LlamaModel) -> Result<Self, ModelError> {
+        let f = &model.file;
+        let matrix = |name: &str| -> Result<GpuMatrix, ModelError> {
+            let t = f.tensor(name)?;
+            Ok(GpuMatrix::upload(
+                ctx,
+                name,
+                t.ty,
+                t.n_cols() as usize,
+                t.n_rows() as usize,
+                f.tensor_data(t),
+            )?)
+        };
+        let vector = |name: &str| -> Result<wgpu::Buffer, ModelError> {
+            Ok(ctx.upload(name, &model.vector(name)?)?)
+        };
+        let mut layers = Vec::with_capacity(model.hp.n_layers);
+        for l in 0..model.hp.n_layers {
+            let b = |n: &str| format!("blk.{l}.{n}");
+            layers.push(GpuLayer {
+                attn_norm: vector(&b("attn_norm.weight"))?,
+                wq: matrix(&b("attn_q.weight"))?,
+                wk: matrix(&b("attn_k.weight"))?,
+                wv: matrix(&b("attn_v.weight"))?,
+                bias: if model.hp.arch.qkv_bias() {
+                    Some([
+                        vector(&b("attn_q.bias"))?,
+                        vector(&b("attn_k.bias"))?,
+                        vector(&b("attn_v.bias"))?,
+                    ])
+                } else {
+                    None
+                },
+                wo: matrix(&b("attn_output.weight"))?,
+                ffn_norm: vector(&b("ffn_norm.weight"))?,
+                gate: matrix(&b("ffn_gate.weight"))?,
+                up: matrix(&b("ffn_up.weight"))?,
+                down: matrix(&b("ffn_down.weight"))?,
+            });
+        }
+        Ok(Self {
+            embd: matrix("token_embd.weight")?,
+            output: if model.tied_output {
+                None
+            } else {
+                Some(matrix("output.weight")?)
+            },
+            output_norm: vector("output_norm.weight")?,
+            layers,
+        })
+    }
+
+    /// Bytes of all weights on the device.
+    pub fn bytes(&self) -> u64 {
+        let mut n = self.embd.bytes()
+            + self.output.as_ref().map_or(0, |o| o.bytes())
+            + self.output_norm.size();
+        for l in &self.layers {
+            n += l.attn_norm.size() + l.ffn_norm.size();
+            n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                .iter()
+                .map(|m| m.bytes())
+                .sum::<u64>();
+            n += l
+                .bias
+                .as_ref()
+                .map_or(0, |b| b.iter().map(|x| x.size()).sum());
+        }
+        n
+    }
+}
+
+/// Activations for one chunk, allocated once.
+struct Scratch {
+    ids: wgpu::Buffer,    // [chunk] u32
+    pos: wgpu::Buffer,    // [chunk] u32
+    x: wgpu::Buffer,      // [chunk][n_embd] residual stream
+    xn: wgpu::Buffer,     // [chunk][n_embd] normalized
+    q: wgpu::Buffer,      // [chunk][n_heads * head_dim]
+    k: wgpu::Buffer,      // [chunk][n_kv_heads * head_dim]
+    v: wgpu::Buffer,      // [chunk][n_kv_heads * head_dim]
+    att: wgpu::Buffer,    // [chunk][n_heads * head_dim]
+    proj: wgpu::Buffer,   // [chunk][n_embd] output of Wo / Wdown
+    gate: wgpu::Buffer,   // [chunk][n_ff]
+    up: wgpu::Buffer,     // [chunk][n_ff]
+    act: wgpu::Buffer,    // [chunk][n_ff] silu(gate) * up
+    xlast: wgpu::Buffer,  // [n_embd] last token, normalized
+    logits: wgpu::Buffer, // [n_vocab]
+}
+
+/// A session's GPU state: KV cache and scratch, driven over shared weights.
+pub struct GpuForward<'a> {
+    ctx: &'a GpuContext,
+    model: &'a LlamaModel,
+    w: &'a GpuWeights,
+    kv: KvCache,
+    chunk: usize,
+    s: Scratch,
+}
+
+impl<'a> GpuForward<'a> {
+    /// A session holding up to `capacity` positions, running prefill in chunks of `chunk`.
+    pub fn new(
+        ctx: &'a GpuContext,
+        model: &'a LlamaModel,
+        w: &'a GpuWeights,
+        capacity: usize,
+        chunk: usize,
+    ) -> Result<Self, ModelError> {
+        let hp = &model.hp;
+        if chunk == 0 || capacity == 0 {
+            return Err(ModelError::Runtime(Error::InvalidArgument(
+                "chunk and context must be positive".into(),
+            )));
+        }
+        let kv = KvCache::new(
+            ctx,
+            KvCacheConfig {
+                n_layers: hp.n_layers,
+                n_kv_heads: hp.n_kv_heads,
+                head_dim: hp.head_dim,
+                capacity,
+            },
+        )?;
+        let f = |name: &str, n: usize| ctx.storage_f32(name, n);
+        let (e, qd, kvd) = (
+            hp.n_embd,
+            hp.n_heads * hp.head_dim,
+            hp.n_kv_heads * hp.head_dim,
+        );
+        let s = Scratch {
+            ids: f("ids", chunk)?,
+            pos: f("pos", chunk)?,
+            x: f("x", chunk * e)?,
+            xn: f("xn", chunk * e)?,
+            q: f("q", chunk * qd)?,
+            k: f("k", chunk * kvd)?,
+            v: f("v", chunk * kvd)?,
+            att: f("att", chunk * qd)?,
+            proj: f("proj", chunk * e)?,
+            gate: f("gate", chunk * hp.n_ff)?,
+            up: f("up", chunk * hp.n_ff)?,
+            act: f("act", chunk * hp.n_ff)?,
+            xlast: f("xlast", e)?,
+            logits: f("logits", hp.n_vocab)?,
+        };
+        Ok(Self {
+            ctx,
+            model,
+            w,
+            kv,
+            chunk,
+            s,
+        })
+    }
+
+    pub fn kv(&self) -> &KvCache {
+        &self.kv
+    }
+
+    /// Forget the context (keeps the allocations).
+    pub fn reset(&mut self) {
+        self.kv.clear();
+    }
+
+    fn proj(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        w: &GpuMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        m: usize,
+    ) -> Result<(), Error> {
+        if m == 1 {
+            matvec::record(self.ctx, enc, w, x, y)
+        } else {
+            matmul::record(self.ctx, enc, w, x, m, y)
+        }
+    }
+
+    /// Run `tokens` at the next positions and return the logits of the last one.
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let hp = &self.model.hp;
+        if tokens.is_empty() {
+            return Err(ModelError::Runtime(Error::InvalidArgument(
+                "no tokens to run".into(),
+            )));
+        }
+        if tokens.len() > self.kv.free() {
+            return Err(ModelError::Runtime(Error::InvalidArgument(format!(
+                "{} tokens do not fit: the context holds {} and {} are used",
+                tokens.len(),
+                self.kv.config.capacity,
+                self.kv.len()
+            ))));
+        }
+        embed::check_ids(tokens, hp.n_vocab)?;
+        let chunks: Vec<&[u32]> = tokens.chunks(self.chunk).collect();
+        for (ci, chunk) in chunks.iter().enumerate() {
+            let last = ci + 1 == chunks.len();
+            self.run_chunk(chunk, last)?;
+        }
+        Ok(self.ctx.read_f32(&self.s.logits, hp.n_vocab)?)
+    }
+
+    fn run_chunk(&mut self, tokens: &[u32], with_logits: bool) -> Result<(), ModelError> {
+        let (ctx, model, w, s) = (self.ctx, self.model, self.w, &self.s);
+        let hp = &model.hp;
+        let m = tokens.len();
+        let pos0 = self.kv.len();
+        let positions: Vec<u32> = (pos0..pos0 + m).map(|p| p as u32).collect();
+        ctx.queue
+            .write_buffer(&s.ids, 0, bytemuck::cast_slice(tokens));
+        ctx.queue
+            .write_buffer(&s.pos, 0, bytemuck::cast_slice(&positions));
+        let (e, qd, kvd) = (
+            hp.n_embd,
+            hp.n_heads * hp.head_dim,
+            hp.n_kv_heads * hp.head_dim,
+        );
+        let rope_q = model.rope(hp.n_heads);
+        let rope_k = model.rope(hp.n_kv_heads);
+        let mut enc = ctx.encoder("forward");
+        embed::record(ctx, &mut enc, &w.embd, &s.ids, m, &s.x)?;
+        for (l, lw) in w.layers.iter().enumerate() {
+            rmsnorm::record(ctx, &mut enc, &s.x, &lw.attn_norm, &s.xn, e, m, hp.rms_eps)?;
+            self.proj(&mut enc, &lw.wq, &s.xn, &s.q, m)?;
+            self.proj(&mut enc, &lw.wk, &s.xn, &s.k, m)?;
+            self.proj(&mut enc, &lw.wv, &s.xn, &s.v, m)?;
+            if let Some([bq, bk, bv]) = &lw.bias {
+                add::record(ctx, &mut enc, &s.q, bq, m * qd, qd)?;
+                add::record(ctx, &mut enc, &s.k, bk, m * kvd, kvd)?;
+                add::record(ctx, &mut enc, &s.v, bv, m * kvd, kvd)?;
+            }
+            rope::record(ctx, &mut enc, &s.q, &s.pos, m, &rope_q)?;
+            rope::record(ctx, &mut enc, &s.k, &s.pos, m, &rope_k)?;
+            kv_store::record(
+                ctx,
+                &mut enc,
+                &self.kv.config,
+                &s.k,
+                &s.v,
+                &self.kv.k[l],
+                &self.kv.v[l],
+                m,
+                pos0,
+            )?;
+            attention::record(
+                ctx,
+                &mut enc,
+                &self.kv.config,
+                hp.n_heads,
+                &s.q,
+                &self.kv.k[l],
+                &self.kv.v[l],
+                &s.att,
+                m,
+                pos0,
+                model.attn_scale(),
+            )?;
+            self.proj(&mut enc, &lw.wo, &s.att, &s.proj, m)?;
+            add::record(ctx, &mut enc, &s.x, &s.proj, m * e, m * e)?;
+            rmsnorm::record(ctx, &mut enc, &s.x, &lw.ffn_norm, &s.xn, e, m, hp.rms_eps)?;
+            self.proj(&mut enc, &lw.gate, &s.xn, &s.gate, m)?;
+            self.proj(&mut enc, &lw.up, &s.xn, &s.up, m)?;
+            silu_mul::record(ctx, &mut enc, &s.gate, &s.up, &s.act, m * hp.n_ff)?;
+            self.proj(&mut enc, &lw.down, &s.act, &s.proj, m)?;
+            add::record(ctx, &mut enc, &s.x, &s.proj, m * e, m * e)?;
+        }
+        if with_logits {
+            let row = ((m - 1) * e * 4) as u64;
+            enc.copy_buffer_to_buffer(&s.x, row, &s.xn, 0, (e * 4) as u64);
+            rmsnorm::record(
+                ctx,
+                &mut enc,
+                &s.xn,
+                &w.output_norm,
+                &s.xlast,
+                e,
+                1,
+                hp.rms_eps,
+            )?;
+            matvec::record(
+                ctx,
+                &mut enc,
+                w.output.as_ref().unwrap_or(&w.embd),
+                &s.xlast,
+                &s.logits,
+            )?;
+        }
+        ctx.queue.submit([enc.finish()]);
+        self.kv.advance(m)?;
+        Ok(())
+    }
+}
