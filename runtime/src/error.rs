@@ -61,6 +61,9 @@ pub enum Error {
         limit_name: &'static str,
     },
 
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }

@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod kv;
 pub mod quant;
 pub mod rng;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 /// The wgpu version kvedge is built against, for callers that pass their own device.
