@@ -12,12 +12,10 @@
 //! normalized error 0.25), while kvedge's GPU pass differs from that float64 pass by
 //! under 0.01 (tests/forward.rs). So ties are judged at llama.cpp's own noise level.
 
-mod golden;
-
 use kvedge_models::llama::gpu::{GpuForward, GpuWeights};
 use kvedge_models::llama::LlamaModel;
 use kvedge_runtime::kernels::check::test_context;
-use kvedge_tests::{data, model, QWEN25_15B, SMOLLM2};
+use kvedge_tests::{data, golden, model, QWEN25_15B, SMOLLM2};
 
 /// llama.cpp margin (best - kvedge's choice) under which the choice is within its noise.
 const TIE: f32 = 1.0;

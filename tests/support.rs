@@ -34,3 +34,6 @@ pub fn model(file: &str) -> Option<PathBuf> {
 
 pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const QWEN25_15B: &str = "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf";
+
+#[path = "golden.rs"]
+pub mod golden;

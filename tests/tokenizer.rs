@@ -2,11 +2,9 @@
 //! made by tools/make_golden.py): prose, code, numbers, whitespace runs, emoji, non-Latin
 //! scripts, special tokens; with and without BOS/EOS. Decoding must give the text back.
 
-mod golden;
-
 use kvedge_runtime::gguf::GgufFile;
 use kvedge_runtime::tokenizer::{StreamDecoder, Tokenizer};
-use kvedge_tests::{data, model, QWEN25_15B, SMOLLM2};
+use kvedge_tests::{data, golden, model, QWEN25_15B, SMOLLM2};
 
 /// Token texts llama.cpp turns into control tokens whatever the vocabulary says (its
 /// end-of-generation list in llama-vocab.cpp, where `</s>` was added for PaddleOCR).
