@@ -4,6 +4,8 @@
 
 use kvedge_models::llama::cpu::CpuForward;
 use kvedge_models::llama::gpu::{GpuForward, GpuWeights};
+use std::sync::Arc;
+
 use kvedge_models::llama::LlamaModel;
 use kvedge_runtime::gguf::GgufFile;
 use kvedge_runtime::kernels::check::{compare, test_context};
@@ -24,11 +26,12 @@ fn argmax(v: &[f32]) -> u32 {
 fn gpu_matches_cpu(file: &str, prompt: &[u32], chunk: usize, steps: usize, bound: f64) {
     let Some(path) = model(file) else { return };
     let Some(ctx) = test_context() else { return };
-    let model = LlamaModel::open(path).unwrap();
-    let weights = GpuWeights::upload(ctx, &model).unwrap();
+    let model = Arc::new(LlamaModel::open(path).unwrap());
+    let weights = Arc::new(GpuWeights::upload(ctx, &model).unwrap());
     let ctx_len = prompt.len() + steps + 4;
-    let mut gpu = GpuForward::new(ctx, &model, &weights, ctx_len, chunk).unwrap();
-    let mut cpu = CpuForward::new(&model, ctx_len);
+    let mut gpu =
+        GpuForward::new(ctx.clone(), model.clone(), weights.clone(), ctx_len, chunk).unwrap();
+    let mut cpu = CpuForward::new(model.clone(), ctx_len);
 
     let mut g = gpu.forward(prompt).unwrap();
     let c = cpu.forward(prompt).unwrap();
@@ -93,8 +96,8 @@ fn gpu_matches_f64_reference(file: &str, golden: &str, bound: f64) {
     let Some(path) = model(file) else { return };
     let Some(ctx) = test_context() else { return };
     let refs = GgufFile::open(data(&format!("golden/{golden}"))).unwrap();
-    let model = LlamaModel::open(path).unwrap();
-    let weights = GpuWeights::upload(ctx, &model).unwrap();
+    let model = Arc::new(LlamaModel::open(path).unwrap());
+    let weights = Arc::new(GpuWeights::upload(ctx, &model).unwrap());
     let mut i = 0;
     while let Ok(t) = refs.tensor(&format!("ids.{i}")) {
         let ids: Vec<u32> = bytemuck::pod_collect_to_vec::<u8, i32>(refs.tensor_data(t))
@@ -104,7 +107,8 @@ fn gpu_matches_f64_reference(file: &str, golden: &str, bound: f64) {
         let want: Vec<f32> = bytemuck::pod_collect_to_vec(
             refs.tensor_data(refs.tensor(&format!("logits.{i}")).unwrap()),
         );
-        let mut gpu = GpuForward::new(ctx, &model, &weights, ids.len(), 512).unwrap();
+        let mut gpu =
+            GpuForward::new(ctx.clone(), model.clone(), weights.clone(), ids.len(), 512).unwrap();
         let got = gpu.forward(&ids).unwrap();
         let cmp = compare(&got, &want);
         eprintln!(

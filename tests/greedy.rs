@@ -13,6 +13,8 @@
 //! under 0.01 (tests/forward.rs). So ties are judged at llama.cpp's own noise level.
 
 use kvedge_models::llama::gpu::{GpuForward, GpuWeights};
+use std::sync::Arc;
+
 use kvedge_models::llama::LlamaModel;
 use kvedge_runtime::kernels::check::test_context;
 use kvedge_tests::{data, golden, model, QWEN25_15B, SMOLLM2};
@@ -38,13 +40,19 @@ fn greedy_matches_llama_cpp(file: &str, golden: &str, max_cases: usize) {
     let text = std::fs::read_to_string(data(&format!("golden/{golden}"))).unwrap();
     let cases = golden::greedy_cases(&text);
     assert!(cases.len() >= 5, "golden file has {} prompts", cases.len());
-    let model = LlamaModel::open(path).unwrap();
-    let weights = GpuWeights::upload(ctx, &model).unwrap();
+    let model = Arc::new(LlamaModel::open(path).unwrap());
+    let weights = Arc::new(GpuWeights::upload(ctx, &model).unwrap());
     let (mut exact, mut ties, mut matched) = (0, 0, 0);
     for case in cases.iter().take(max_cases) {
         let n = case.output.len();
-        let mut gpu =
-            GpuForward::new(ctx, &model, &weights, case.prompt_ids.len() + n + 1, 512).unwrap();
+        let mut gpu = GpuForward::new(
+            ctx.clone(),
+            model.clone(),
+            weights.clone(),
+            case.prompt_ids.len() + n + 1,
+            512,
+        )
+        .unwrap();
         let mut logits = gpu.forward(&case.prompt_ids).unwrap();
         let mut diverged = None;
         for (step, &want) in case.output.iter().enumerate() {

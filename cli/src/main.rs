@@ -5,9 +5,11 @@
 //! - `kvedge devices`: the GPU adapters wgpu sees, with the features and limits that matter.
 //! - `kvedge bench --kernels`: GB/s of the dequantizing matvec kernels per quant type on
 //!   the adapter at hand.
+//! - `kvedge run -p PROMPT`: stream a completion; `kvedge chat`: multi-turn chat.
 
 mod bench;
 mod devices;
+mod generate;
 mod inspect;
 
 use std::path::PathBuf;
@@ -40,6 +42,10 @@ enum Command {
     Devices,
     /// Benchmarks.
     Bench(bench::BenchArgs),
+    /// Complete a prompt and stream the text.
+    Run(generate::RunArgs),
+    /// Interactive multi-turn chat (default model: SmolLM2 from models/fetch.sh).
+    Chat(generate::ChatArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +54,8 @@ fn main() -> ExitCode {
         Command::Inspect { file, tensors } => inspect::run(&file, tensors),
         Command::Devices => devices::run(),
         Command::Bench(args) => bench::run(&args),
+        Command::Run(args) => generate::run(&args),
+        Command::Chat(args) => generate::chat(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

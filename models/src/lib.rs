@@ -7,8 +7,10 @@
 mod error;
 mod hparams;
 pub mod llama;
+mod model;
 mod tensors;
 
 pub use error::ModelError;
 pub use hparams::{Arch, HParams, RopeScaling, TokenizerInfo};
+pub use model::{Device, LoadOptions, Model, SessionConfig};
 pub use tensors::check_tensors;

@@ -61,6 +61,9 @@ pub enum Error {
         limit_name: &'static str,
     },
 
+    #[error("{0}")]
+    Model(String),
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 

@@ -8,6 +8,7 @@
 //! - [`kernels`]: one module per WGSL file in `shaders/`, each with its params struct,
 //!   dispatch function and scalar CPU reference.
 
+pub mod chat;
 pub mod error;
 pub mod gguf;
 pub mod gpu;
@@ -15,6 +16,8 @@ pub mod kernels;
 pub mod kv;
 pub mod quant;
 pub mod rng;
+pub mod sample;
+pub mod session;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

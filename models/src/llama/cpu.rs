@@ -3,6 +3,8 @@
 //! are f32, dot products accumulate in f64; the KV cache holds f16 like the GPU's.
 //! Projections are split over threads by weight rows (std::thread::scope).
 
+use std::sync::Arc;
+
 use half::f16;
 use kvedge_runtime::gguf::TensorInfo;
 use kvedge_runtime::kernels::{add, attention, embed, kv_store, rmsnorm, rope, silu_mul};
@@ -13,8 +15,8 @@ use super::LlamaModel;
 use crate::ModelError;
 
 /// The reference forward pass with its own f16 KV cache.
-pub struct CpuForward<'m> {
-    model: &'m LlamaModel,
+pub struct CpuForward {
+    model: Arc<LlamaModel>,
     cfg: KvCacheConfig,
     kc: Vec<Vec<f16>>,
     vc: Vec<Vec<f16>>,
@@ -79,9 +81,9 @@ pub fn matmul_rows(
     Ok(y)
 }
 
-impl<'m> CpuForward<'m> {
-    pub fn new(model: &'m LlamaModel, capacity: usize) -> Self {
-        let hp = &model.hp;
+impl CpuForward {
+    pub fn new(model: Arc<LlamaModel>, capacity: usize) -> Self {
+        let hp = model.hp.clone();
         let cfg = KvCacheConfig {
             n_layers: hp.n_layers,
             n_kv_heads: hp.n_kv_heads,
@@ -103,6 +105,26 @@ impl<'m> CpuForward<'m> {
         self.len
     }
 
+    pub fn capacity(&self) -> usize {
+        self.cfg.capacity
+    }
+
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+
+    pub fn kv_bytes(&self) -> u64 {
+        self.cfg.total_bytes()
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.model.hp.n_vocab
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -116,7 +138,7 @@ impl<'m> CpuForward<'m> {
     /// Run `tokens` at the next positions; returns the logits of every token
     /// ([tokens.len()][n_vocab]).
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
-        let model = self.model;
+        let model = self.model.clone();
         let hp = &model.hp;
         let m = tokens.len();
         if m == 0 || self.len + m > self.cfg.capacity {

@@ -5,6 +5,8 @@
 //! submission per chunk: matrix-matrix kernels for chunks of several tokens, matvec for a
 //! single token (decode), and one readback of the last token's logits.
 
+use std::sync::Arc;
+
 use kvedge_runtime::gpu::{GpuContext, GpuMatrix};
 use kvedge_runtime::kernels::{
     add, attention, embed, kv_store, matmul, matvec, rmsnorm, rope, silu_mul,
@@ -38,6 +40,15 @@ pub struct GpuWeights {
 
 impl GpuWeights {
     pub fn upload(ctx: &GpuContext, model: &LlamaModel) -> Result<Self, ModelError> {
+        Self::upload_with_progress(ctx, model, &mut |_, _| {})
+    }
+
+    /// Upload, calling `progress(done, total)` after each layer.
+    pub fn upload_with_progress(
+        ctx: &GpuContext,
+        model: &LlamaModel,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, ModelError> {
         let f = &model.file;
         let matrix = |name: &str| -> Result<GpuMatrix, ModelError> {
             let t = f.tensor(name)?;
@@ -76,8 +87,9 @@ impl GpuWeights {
                 up: matrix(&b("ffn_up.weight"))?,
                 down: matrix(&b("ffn_down.weight"))?,
             });
+            progress(l + 1, model.hp.n_layers + 1);
         }
-        Ok(Self {
+        let out = Self {
             embd: matrix("token_embd.weight")?,
             output: if model.tied_output {
                 None
@@ -86,7 +98,9 @@ impl GpuWeights {
             },
             output_norm: vector("output_norm.weight")?,
             layers,
-        })
+        };
+        progress(model.hp.n_layers + 1, model.hp.n_layers + 1);
+        Ok(out)
     }
 
     /// Bytes of all weights on the device.
@@ -128,21 +142,21 @@ struct Scratch {
 }
 
 /// A session's GPU state: KV cache and scratch, driven over shared weights.
-pub struct GpuForward<'a> {
-    ctx: &'a GpuContext,
-    model: &'a LlamaModel,
-    w: &'a GpuWeights,
+pub struct GpuForward {
+    ctx: Arc<GpuContext>,
+    model: Arc<LlamaModel>,
+    w: Arc<GpuWeights>,
     kv: KvCache,
     chunk: usize,
     s: Scratch,
 }
 
-impl<'a> GpuForward<'a> {
+impl GpuForward {
     /// A session holding up to `capacity` positions, running prefill in chunks of `chunk`.
     pub fn new(
-        ctx: &'a GpuContext,
-        model: &'a LlamaModel,
-        w: &'a GpuWeights,
+        ctx: Arc<GpuContext>,
+        model: Arc<LlamaModel>,
+        w: Arc<GpuWeights>,
         capacity: usize,
         chunk: usize,
     ) -> Result<Self, ModelError> {
@@ -153,7 +167,7 @@ impl<'a> GpuForward<'a> {
             )));
         }
         let kv = KvCache::new(
-            ctx,
+            &ctx,
             KvCacheConfig {
                 n_layers: hp.n_layers,
                 n_kv_heads: hp.n_kv_heads,
@@ -193,6 +207,10 @@ impl<'a> GpuForward<'a> {
         })
     }
 
+    pub fn device_name(&self) -> String {
+        format!("GPU {} ({:?})", self.ctx.info.name, self.ctx.info.backend)
+    }
+
     pub fn kv(&self) -> &KvCache {
         &self.kv
     }
@@ -211,15 +229,16 @@ impl<'a> GpuForward<'a> {
         m: usize,
     ) -> Result<(), Error> {
         if m == 1 {
-            matvec::record(self.ctx, enc, w, x, y)
+            matvec::record(&self.ctx, enc, w, x, y)
         } else {
-            matmul::record(self.ctx, enc, w, x, m, y)
+            matmul::record(&self.ctx, enc, w, x, m, y)
         }
     }
 
     /// Run `tokens` at the next positions and return the logits of the last one.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
-        let hp = &self.model.hp;
+        let model = self.model.clone();
+        let hp = &model.hp;
         if tokens.is_empty() {
             return Err(ModelError::Runtime(Error::InvalidArgument(
                 "no tokens to run".into(),
@@ -243,7 +262,7 @@ impl<'a> GpuForward<'a> {
     }
 
     fn run_chunk(&mut self, tokens: &[u32], with_logits: bool) -> Result<(), ModelError> {
-        let (ctx, model, w, s) = (self.ctx, self.model, self.w, &self.s);
+        let (ctx, model, w, s) = (&*self.ctx, &*self.model, &*self.w, &self.s);
         let hp = &model.hp;
         let m = tokens.len();
         let pos0 = self.kv.len();

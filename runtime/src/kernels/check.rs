@@ -5,22 +5,22 @@
 //! scale makes one bound per op meaningful across shapes and magnitudes. A failure reports
 //! the worst index with both values.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::gpu::{DeviceOptions, GpuContext};
 
 /// The device GPU tests share. `None` (the test then skips, saying so) when no adapter
 /// exists, unless `KVEDGE_REQUIRE_GPU=1`, in which case a missing adapter fails the test:
 /// CI sets it so that kernel tests can never pass by skipping.
-pub fn test_context() -> Option<&'static GpuContext> {
-    static CTX: OnceLock<Option<GpuContext>> = OnceLock::new();
+pub fn test_context() -> Option<&'static Arc<GpuContext>> {
+    static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
     CTX.get_or_init(|| match GpuContext::new(&DeviceOptions::default()) {
         Ok(ctx) => {
             eprintln!(
                 "GPU tests on adapter '{}' ({:?}, {:?})",
                 ctx.info.name, ctx.info.backend, ctx.info.device_type
             );
-            Some(ctx)
+            Some(Arc::new(ctx))
         }
         Err(e) => {
             if require_gpu() {

@@ -1,0 +1,236 @@
+//! `kvedge run` (one completion, streamed) and `kvedge chat` (interactive multi-turn chat
+//! that keeps the conversation in the KV cache between turns).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use kvedge_models::{Device, LoadOptions, Model, SessionConfig};
+use kvedge_runtime::sample::SamplingOptions;
+use kvedge_runtime::session::{GenerateOptions, Session};
+
+/// The default model, fetched by `models/fetch.sh`.
+pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// GGUF model (default: SmolLM2-135M-Instruct from models/fetch.sh)
+    #[arg(short = 'm', long)]
+    pub model: Option<PathBuf>,
+    /// gpu or cpu (the CPU is never chosen silently)
+    #[arg(long, default_value = "gpu")]
+    pub device: Device,
+    /// Context length in tokens (0: min(training context, 4096))
+    #[arg(short = 'c', long, default_value_t = 0)]
+    pub ctx_size: usize,
+}
+
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// Temperature (0 = greedy)
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    #[arg(long, default_value_t = 0x5EED)]
+    pub seed: u64,
+    /// Most tokens to generate
+    #[arg(short = 'n', long, default_value_t = 256)]
+    pub n_predict: usize,
+}
+
+impl SamplingArgs {
+    fn options(&self) -> GenerateOptions {
+        GenerateOptions {
+            max_tokens: self.n_predict,
+            sampling: SamplingOptions {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repeat_penalty: self.repeat_penalty,
+                repeat_last_n: self.repeat_last_n,
+                seed: self.seed,
+            },
+            stop: Vec::new(),
+        }
+    }
+}
+
+type Res = Result<(), Box<dyn std::error::Error>>;
+
+fn default_model() -> Result<PathBuf, String> {
+    let mut places = Vec::new();
+    if let Some(dir) = std::env::var_os("KVEDGE_MODEL_CACHE") {
+        places.push(PathBuf::from(dir));
+    }
+    places.push(PathBuf::from("models/cache"));
+    if let Ok(exe) = std::env::current_exe() {
+        // target/{debug,release}/kvedge -> repository root
+        if let Some(root) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
+            places.push(root.join("models/cache"));
+        }
+    }
+    places
+        .iter()
+        .map(|p| p.join(DEFAULT_MODEL))
+        .find(|p| p.exists())
+        .ok_or_else(|| format!("no model given and the default {DEFAULT_MODEL} is not fetched: run `bash models/fetch.sh` or pass -m FILE"))
+}
+
+fn load(args: &ModelArgs, quiet: bool) -> Result<(Model, Session), Box<dyn std::error::Error>> {
+    let path = match &args.model {
+        Some(p) => p.clone(),
+        None => default_model()?,
+    };
+    let bar = if quiet || !std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(1);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_message(
+            path.file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        b
+    };
+    let opts = LoadOptions {
+        device: args.device.clone(),
+        ..Default::default()
+    };
+    let model = Model::load(&path, &opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    let session = model.session(&SessionConfig {
+        context: args.ctx_size,
+        ..Default::default()
+    })?;
+    Ok((model, session))
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt (raw text; special tokens such as <|im_start|> are parsed)
+    #[arg(short = 'p', long)]
+    pub prompt: String,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Print statistics to stderr at the end
+    #[arg(long)]
+    pub stats: bool,
+}
+
+pub fn run(args: &RunArgs) -> Res {
+    if args.prompt.is_empty() {
+        return Err("empty prompt: pass some text with -p".into());
+    }
+    let (_model, mut session) = load(&args.model, false)?;
+    let opts = args.sampling.options();
+    let mut out = std::io::stdout().lock();
+    for piece in session.generate(&args.prompt, &opts)? {
+        out.write_all(piece?.as_bytes())?;
+        out.flush()?;
+    }
+    writeln!(out)?;
+    if args.stats {
+        print_stats(&session);
+    }
+    Ok(())
+}
+
+fn print_stats(session: &Session) {
+    let s = session.stats();
+    eprintln!(
+        "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s; context {}/{}; KV cache {:.1} MiB; {}]",
+        s.prompt_tokens,
+        s.prefill_tokens_per_s(),
+        s.generated_tokens,
+        s.decode_tokens_per_s(),
+        s.context_used,
+        s.context_size,
+        mib(s.kv_bytes),
+        session.device()
+    );
+}
+
+#[derive(Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+pub fn chat(args: &ChatArgs) -> Res {
+    let (model, mut session) = load(&args.model, false)?;
+    if !model.has_chat_template() {
+        return Err(
+            "this model has no chat template (tokenizer.chat_template); use `kvedge run`".into(),
+        );
+    }
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!(
+            "kvedge chat: {} on {}. Ctrl-D to quit, /reset to start over.",
+            model.hparams().arch.name(),
+            session.device()
+        );
+    }
+    let opts = args.sampling.options();
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+            std::io::stderr().flush()?;
+        }
+        let Some(line) = lines.next() else {
+            if interactive {
+                eprintln!();
+            }
+            return Ok(());
+        };
+        let line = line?;
+        let text = line.trim();
+        match text {
+            "" => continue,
+            "/exit" | "/quit" => return Ok(()),
+            "/reset" => {
+                session.reset();
+                eprintln!("(conversation cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        let mut out = std::io::stdout().lock();
+        let mut gen = session.chat(text, &opts)?;
+        for piece in gen.by_ref() {
+            out.write_all(piece?.as_bytes())?;
+            out.flush()?;
+        }
+        gen.finish_turn();
+        writeln!(out)?;
+        drop(out);
+        print_stats(&session);
+    }
+}
