@@ -82,3 +82,80 @@ fn no_adapter_gives_a_clear_error() {
     assert!(err.contains("no GPU adapter found"), "{err}");
     assert!(err.contains("mesa-vulkan-drivers"), "{err}");
 }
+
+fn smollm2() -> Option<PathBuf> {
+    let path = root().join("models/cache/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("KVEDGE_REQUIRE_MODELS").is_err(),
+        "SmolLM2 required but not fetched"
+    );
+    None
+}
+
+#[test]
+fn chat_answers_two_turns_from_a_pipe_and_exits_at_eof() {
+    use std::io::Write;
+    let Some(path) = smollm2() else { return };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvedge"))
+        .args([
+            "chat",
+            "--device",
+            "cpu",
+            "--temp",
+            "0",
+            "-n",
+            "16",
+            "-m",
+            path.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\nAnd of Italy?\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("Paris") && stdout.contains("Rome"),
+        "{stdout}"
+    );
+    assert_eq!(stderr.matches("KV cache").count(), 2, "{stderr}");
+}
+
+#[test]
+fn run_streams_a_completion_and_rejects_an_empty_prompt() {
+    let Some(path) = smollm2() else { return };
+    let m = path.to_str().unwrap();
+    let (ok, out, err) = kvedge(&[
+        "run",
+        "--device",
+        "cpu",
+        "--temp",
+        "0",
+        "-n",
+        "4",
+        "-m",
+        m,
+        "-p",
+        "The capital of France is",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Paris"), "{out}");
+    let (ok, _, err) = kvedge(&["run", "--device", "cpu", "-m", m, "-p", ""]);
+    assert!(!ok && err.contains("empty prompt"), "{err}");
+    let (ok, _, err) = kvedge(&["run", "--device", "tpu", "-m", m, "-p", "x"]);
+    assert!(!ok && err.contains("expected gpu or cpu"), "{err}");
+}
