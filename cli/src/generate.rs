@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use kvedge_models::{Device, LoadOptions, Model, SessionConfig};
 use kvedge_runtime::sample::SamplingOptions;
-use kvedge_runtime::session::{GenerateOptions, Session};
+use kvedge_runtime::session::{GenerateOptions, Session, Stats};
 
 /// The default model, fetched by `models/fetch.sh`.
 pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -153,19 +153,27 @@ pub fn run(args: &RunArgs) -> Res {
     }
     writeln!(out)?;
     if args.stats {
-        print_stats(&session);
+        print_stats(&session, &Stats::default());
     }
     Ok(())
 }
 
-fn print_stats(session: &Session) {
+/// Statistics of what ran since `before` (a turn), with the context and KV totals.
+fn print_stats(session: &Session, before: &Stats) {
     let s = session.stats();
+    let turn = Stats {
+        prompt_tokens: s.prompt_tokens - before.prompt_tokens,
+        generated_tokens: s.generated_tokens - before.generated_tokens,
+        prefill_time: s.prefill_time.saturating_sub(before.prefill_time),
+        decode_time: s.decode_time.saturating_sub(before.decode_time),
+        ..Stats::default()
+    };
     eprintln!(
         "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s; context {}/{}; KV cache {:.1} MiB; {}]",
-        s.prompt_tokens,
-        s.prefill_tokens_per_s(),
-        s.generated_tokens,
-        s.decode_tokens_per_s(),
+        turn.prompt_tokens,
+        turn.prefill_tokens_per_s(),
+        turn.generated_tokens,
+        turn.decode_tokens_per_s(),
         s.context_used,
         s.context_size,
         mib(s.kv_bytes),
@@ -222,6 +230,7 @@ pub fn chat(args: &ChatArgs) -> Res {
             }
             _ => {}
         }
+        let before = session.stats();
         let mut out = std::io::stdout().lock();
         let mut gen = session.chat(text, &opts)?;
         for piece in gen.by_ref() {
@@ -231,6 +240,6 @@ pub fn chat(args: &ChatArgs) -> Res {
         gen.finish_turn();
         writeln!(out)?;
         drop(out);
-        print_stats(&session);
+        print_stats(&session, &before);
     }
 }
