@@ -86,11 +86,16 @@ fn default_model() -> Result<PathBuf, String> {
         .ok_or_else(|| format!("no model given and the default {DEFAULT_MODEL} is not fetched: run `bash models/fetch.sh` or pass -m FILE"))
 }
 
+/// The model file named by `-m`, or the default one.
+pub fn resolve_model(args: &ModelArgs) -> Result<PathBuf, String> {
+    match &args.model {
+        Some(p) => Ok(p.clone()),
+        None => default_model(),
+    }
+}
+
 fn load(args: &ModelArgs, quiet: bool) -> Result<(Model, Session), Box<dyn std::error::Error>> {
-    let path = match &args.model {
-        Some(p) => p.clone(),
-        None => default_model()?,
-    };
+    let path = resolve_model(args)?;
     let bar = if quiet || !std::io::stderr().is_terminal() {
         indicatif::ProgressBar::hidden()
     } else {

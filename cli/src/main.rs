@@ -9,6 +9,7 @@
 
 mod bench;
 mod devices;
+mod eval;
 mod generate;
 mod inspect;
 
@@ -46,6 +47,9 @@ enum Command {
     Run(generate::RunArgs),
     /// Interactive multi-turn chat (default model: SmolLM2 from models/fetch.sh).
     Chat(generate::ChatArgs),
+    /// Evaluations.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Run(args) => generate::run(&args),
         Command::Chat(args) => generate::chat(&args),
+        Command::Eval(cmd) => eval::run(&cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -159,3 +159,51 @@ fn run_streams_a_completion_and_rejects_an_empty_prompt() {
     let (ok, _, err) = kvedge(&["run", "--device", "tpu", "-m", m, "-p", "x"]);
     assert!(!ok && err.contains("expected gpu or cpu"), "{err}");
 }
+
+#[test]
+fn eval_ppl_reports_a_perplexity() {
+    let Some(path) = smollm2() else { return };
+    let text = std::path::Path::new("/usr/share/common-licenses/GPL-3");
+    if !text.exists() {
+        eprintln!(
+            "skipping: {} (Debian base-files) not present",
+            text.display()
+        );
+        return;
+    }
+    let (ok, out, err) = kvedge(&[
+        "eval",
+        "ppl",
+        "--device",
+        "cpu",
+        "-m",
+        path.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--ctx",
+        "64",
+        "--chunks",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    let ppl: f64 = out
+        .split("PPL = ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A 135M model on license prose at a 64-token window: far better than chance (49152).
+    assert!(ppl > 1.0 && ppl < 200.0, "{out}");
+    let (ok, _, err) = kvedge(&[
+        "eval",
+        "ppl",
+        "--device",
+        "cpu",
+        "-m",
+        path.to_str().unwrap(),
+        "--text",
+        "/nonexistent.txt",
+    ]);
+    assert!(!ok && err.contains("/nonexistent.txt"), "{err}");
+}

@@ -80,6 +80,9 @@ impl Forward for GpuForward {
     fn forward(&mut self, tokens: &[u32]) -> kvedge_runtime::Result<Vec<f32>> {
         GpuForward::forward(self, tokens).map_err(Error::from)
     }
+    fn forward_all(&mut self, tokens: &[u32]) -> kvedge_runtime::Result<Vec<f32>> {
+        GpuForward::forward_all(self, tokens).map_err(Error::from)
+    }
     fn len(&self) -> usize {
         self.kv().len()
     }
@@ -103,6 +106,9 @@ impl Forward for CpuForward {
         let vocab = self.n_vocab();
         let all = CpuForward::forward(self, tokens).map_err(Error::from)?;
         Ok(all[(n - 1) * vocab..].to_vec())
+    }
+    fn forward_all(&mut self, tokens: &[u32]) -> kvedge_runtime::Result<Vec<f32>> {
+        CpuForward::forward(self, tokens).map_err(Error::from)
     }
     fn len(&self) -> usize {
         CpuForward::len(self)

@@ -14,6 +14,7 @@ pub mod gguf;
 pub mod gpu;
 pub mod kernels;
 pub mod kv;
+pub mod perplexity;
 pub mod quant;
 pub mod rng;
 pub mod sample;

@@ -20,6 +20,8 @@ use crate::{Error, Result};
 pub trait Forward: Send {
     /// Run `tokens` at the next positions; the logits of the last one.
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Run `tokens` at the next positions; the logits of every one, [tokens][vocab].
+    fn forward_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
     /// Positions held in the cache.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -136,6 +138,11 @@ impl Session {
 
     pub fn device(&self) -> String {
         self.fwd.device()
+    }
+
+    /// The forward pass itself (evaluation drives it directly).
+    pub fn forward_mut(&mut self) -> &mut dyn Forward {
+        &mut *self.fwd
     }
 
     /// Tokens in the context so far.

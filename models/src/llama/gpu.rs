@@ -141,6 +141,15 @@ struct Scratch {
     logits: wgpu::Buffer, // [n_vocab]
 }
 
+/// Which logits a chunk produces.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Logits {
+    None,
+    Last,
+    /// Every token's, into `logits_all` (perplexity).
+    All,
+}
+
 /// A session's GPU state: KV cache and scratch, driven over shared weights.
 pub struct GpuForward {
     ctx: Arc<GpuContext>,
@@ -149,6 +158,8 @@ pub struct GpuForward {
     kv: KvCache,
     chunk: usize,
     s: Scratch,
+    /// [rows][n_vocab] logits of every token, allocated on first use by `forward_all`.
+    logits_all: Option<(wgpu::Buffer, usize)>,
 }
 
 impl GpuForward {
@@ -204,6 +215,7 @@ impl GpuForward {
             kv,
             chunk,
             s,
+            logits_all: None,
         })
     }
 
@@ -235,10 +247,7 @@ impl GpuForward {
         }
     }
 
-    /// Run `tokens` at the next positions and return the logits of the last one.
-    pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
-        let model = self.model.clone();
-        let hp = &model.hp;
+    fn check_fit(&self, tokens: &[u32]) -> Result<(), ModelError> {
         if tokens.is_empty() {
             return Err(ModelError::Runtime(Error::InvalidArgument(
                 "no tokens to run".into(),
@@ -252,16 +261,46 @@ impl GpuForward {
                 self.kv.len()
             ))));
         }
-        embed::check_ids(tokens, hp.n_vocab)?;
-        let chunks: Vec<&[u32]> = tokens.chunks(self.chunk).collect();
-        for (ci, chunk) in chunks.iter().enumerate() {
-            let last = ci + 1 == chunks.len();
-            self.run_chunk(chunk, last)?;
-        }
-        Ok(self.ctx.read_f32(&self.s.logits, hp.n_vocab)?)
+        embed::check_ids(tokens, self.model.hp.n_vocab)?;
+        Ok(())
     }
 
-    fn run_chunk(&mut self, tokens: &[u32], with_logits: bool) -> Result<(), ModelError> {
+    /// Run `tokens` at the next positions and return the logits of the last one.
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        self.check_fit(tokens)?;
+        let chunks: Vec<&[u32]> = tokens.chunks(self.chunk).collect();
+        for (ci, chunk) in chunks.iter().enumerate() {
+            let mode = if ci + 1 == chunks.len() {
+                Logits::Last
+            } else {
+                Logits::None
+            };
+            self.run_chunk(chunk, mode)?;
+        }
+        Ok(self.ctx.read_f32(&self.s.logits, self.model.hp.n_vocab)?)
+    }
+
+    /// Run `tokens` and return the logits of every one ([tokens.len()][n_vocab]), for
+    /// perplexity. Chunks are cut so that a chunk's logits fit one binding.
+    pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        self.check_fit(tokens)?;
+        let vocab = self.model.hp.n_vocab;
+        if self.logits_all.is_none() {
+            let rows = ((self.ctx.max_binding() as usize / (vocab * 4)).min(self.chunk)).max(1);
+            self.logits_all = Some((self.ctx.storage_f32("logits_all", rows * vocab)?, rows));
+        }
+        let rows = self.logits_all.as_ref().map_or(1, |l| l.1);
+        let mut out = Vec::with_capacity(tokens.len() * vocab);
+        for chunk in tokens.chunks(rows) {
+            self.run_chunk(chunk, Logits::All)?;
+            if let Some((buf, _)) = &self.logits_all {
+                out.extend(self.ctx.read_f32(buf, chunk.len() * vocab)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn run_chunk(&mut self, tokens: &[u32], logits: Logits) -> Result<(), ModelError> {
         let (ctx, model, w, s) = (&*self.ctx, &*self.model, &*self.w, &self.s);
         let hp = &model.hp;
         let m = tokens.len();
@@ -325,7 +364,12 @@ impl GpuForward {
             self.proj(&mut enc, &lw.down, &s.act, &s.proj, m)?;
             add::record(ctx, &mut enc, &s.x, &s.proj, m * e, m * e)?;
         }
-        if with_logits {
+        let output = w.output.as_ref().unwrap_or(&w.embd);
+        if let (Logits::All, Some((all, _))) = (logits, &self.logits_all) {
+            rmsnorm::record(ctx, &mut enc, &s.x, &w.output_norm, &s.xn, e, m, hp.rms_eps)?;
+            self.proj(&mut enc, output, &s.xn, all, m)?;
+        }
+        if logits == Logits::Last {
             let row = ((m - 1) * e * 4) as u64;
             enc.copy_buffer_to_buffer(&s.x, row, &s.xn, 0, (e * 4) as u64);
             rmsnorm::record(

@@ -1,0 +1,87 @@
+//! `kvedge eval ppl`: perplexity of a model over a text file, by llama-perplexity's
+//! protocol (see kvedge_runtime::perplexity), so the two can be compared directly.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use kvedge_models::{LoadOptions, Model, SessionConfig};
+use kvedge_runtime::perplexity::perplexity;
+
+use crate::generate::{resolve_model, ModelArgs};
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Perplexity over a text file in windows of --ctx tokens (second half of each scored).
+    Ppl(PplArgs),
+}
+
+#[derive(Args)]
+pub struct PplArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// UTF-8 text file
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Window length in tokens
+    #[arg(long = "ctx", default_value_t = 512)]
+    pub window: usize,
+    /// Evaluate at most this many windows (0: all)
+    #[arg(long, default_value_t = 0)]
+    pub chunks: usize,
+}
+
+pub fn run(cmd: &EvalCommand) -> Result<(), Box<dyn std::error::Error>> {
+    let EvalCommand::Ppl(args) = cmd;
+    let bytes = std::fs::read(&args.text).map_err(|e| format!("{}: {e}", args.text.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| format!("{}: not UTF-8 text ({e})", args.text.display()))?;
+    let path = resolve_model(&args.model)?;
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            device: args.model.device.clone(),
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )?;
+    let mut session = model.session(&SessionConfig {
+        context: args.window,
+        ..Default::default()
+    })?;
+    let tok = model.tokenizer().clone();
+    let tokens = tok.encode(&text, true, false)?;
+    let bos = if tok.add_bos { tok.bos } else { None };
+    eprintln!(
+        "{}: {} tokens, windows of {} ({} available), device {}",
+        args.text.display(),
+        tokens.len(),
+        args.window,
+        tokens.len() / args.window.max(1),
+        session.device()
+    );
+    let t = Instant::now();
+    let n_vocab = model.hparams().n_vocab;
+    let p = perplexity(
+        session.forward_mut(),
+        &tokens,
+        args.window,
+        bos,
+        n_vocab,
+        args.chunks,
+        &mut |i, n, ppl| {
+            eprint!("[{i}/{n}]{ppl:.4} ");
+        },
+    )?;
+    eprintln!();
+    println!(
+        "PPL = {:.4} +/- {:.5} ({} windows of {}, {} scored tokens, {:.1} s)",
+        p.ppl,
+        p.ppl_err,
+        p.windows,
+        args.window,
+        p.scored_tokens,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
