@@ -1,7 +1,7 @@
 // Dequantizing matrix-vector product, the decode hot path: y[row] = sum_k W[row, k] x[k]
 // for the rows of one chunk of W. One workgroup per row; its threads stride over the row's
 // 32-weight units, dequantize each in registers (`decode_unit`, from common/dequant.wgsl)
-// and reduce their partial sums in workgroup memory.
+// and reduce their partial sums in workgroup memory (common/reduce.wgsl).
 
 struct Params {
     ncols: u32,      // weights per row (= length of x)
@@ -19,9 +19,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
-const WG: u32 = 64u;
-var<workgroup> partial: array<f32, WG>;
-
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let row = wid.x + wid.y * p.grid_x;
@@ -38,15 +35,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             acc += dq[i] * x[xb + i];
         }
     }
-    partial[lid.x] = acc;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid.x < s) {
-            partial[lid.x] += partial[lid.x + s];
-        }
-        workgroupBarrier();
-    }
+    let total = wg_sum(lid.x, acc);
     if (lid.x == 0u) {
-        y[p.y_offset + row] = partial[0];
+        y[p.y_offset + row] = total;
     }
 }

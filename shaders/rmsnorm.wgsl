@@ -1,5 +1,6 @@
 // RMSNorm (Zhang & Sennrich 2019), as in llama: y = x / sqrt(mean(x^2) + eps) * weight,
-// per row. One workgroup per row, threads stride over columns, tree reduction.
+// per row. One workgroup per row, threads stride over columns, tree reduction
+// (common/reduce.wgsl).
 
 struct Params {
     ncols: u32,
@@ -13,9 +14,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
-const WG: u32 = 64u;
-var<workgroup> partial: array<f32, WG>;
-
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let row = wid.x + wid.y * p.grid_x;
@@ -28,15 +26,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let v = x[base + i];
         ss += v * v;
     }
-    partial[lid.x] = ss;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid.x < s) {
-            partial[lid.x] += partial[lid.x + s];
-        }
-        workgroupBarrier();
-    }
-    let scale = inverseSqrt(partial[0] / f32(p.ncols) + p.eps);
+    let scale = inverseSqrt(wg_sum(lid.x, ss) / f32(p.ncols) + p.eps);
     for (var i = lid.x; i < p.ncols; i += WG) {
         y[base + i] = x[base + i] * scale * weight[i];
     }

@@ -64,11 +64,7 @@ impl LlamaModel {
                     kvedge_runtime::Error::UnsupportedType {
                         what: format!("{}: tensor '{}'", file.name(), t.name),
                         ty: t.ty,
-                        supported: kvedge_runtime::quant::GgmlType::compute_types()
-                            .iter()
-                            .map(|t| t.name())
-                            .collect::<Vec<_>>()
-                            .join(", "),
+                        supported: kvedge_runtime::quant::GgmlType::compute_type_names(),
                     },
                 ));
             }

@@ -41,11 +41,7 @@ impl GpuMatrix {
             return Err(Error::UnsupportedType {
                 what: format!("GPU matrix '{label}'"),
                 ty,
-                supported: GgmlType::compute_types()
-                    .iter()
-                    .map(|t| t.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                supported: GgmlType::compute_type_names(),
             });
         }
         let row_bytes = ty

@@ -5,7 +5,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{need_f32, quant_pipeline};
+use super::{need_f32, quant_pipeline_with, REDUCE_WGSL};
 use crate::gpu::{grid, GpuContext, GpuMatrix};
 use crate::quant::{dequantize_row, GgmlType};
 use crate::Result;
@@ -37,7 +37,7 @@ pub fn record(
 ) -> Result<()> {
     need_f32("matvec x", x, w.ncols as usize)?;
     need_f32("matvec y", y, w.nrows as usize)?;
-    let pipeline = quant_pipeline(ctx, "matvec", WGSL, w.ty)?;
+    let pipeline = quant_pipeline_with(ctx, "matvec", &[REDUCE_WGSL], WGSL, w.ty)?;
     for chunk in &w.chunks {
         let groups = grid(chunk.n_rows, ctx.max_groups());
         let params = MatvecParams {

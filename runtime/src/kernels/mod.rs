@@ -27,6 +27,7 @@ use crate::{Error, Result};
 
 pub(crate) const BYTES_WGSL: &str = include_str!("../../../shaders/common/bytes.wgsl");
 pub(crate) const DEQUANT_WGSL: &str = include_str!("../../../shaders/common/dequant.wgsl");
+pub(crate) const REDUCE_WGSL: &str = include_str!("../../../shaders/common/reduce.wgsl");
 
 /// The dequantizer suffix of a type in `dequant.wgsl`.
 fn dequant_fn(ty: GgmlType) -> Result<&'static str> {
@@ -48,11 +49,7 @@ fn dequant_fn(ty: GgmlType) -> Result<&'static str> {
             return Err(Error::UnsupportedType {
                 what: "GPU dequantizing kernel".into(),
                 ty: other,
-                supported: GgmlType::compute_types()
-                    .iter()
-                    .map(|t| t.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                supported: GgmlType::compute_type_names(),
             })
         }
     })
@@ -65,12 +62,24 @@ pub(crate) fn quant_pipeline(
     wgsl: &'static str,
     ty: GgmlType,
 ) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
+    quant_pipeline_with(ctx, kernel, &[], wgsl, ty)
+}
+
+/// As [`quant_pipeline`], with shared `pieces` (e.g. [`REDUCE_WGSL`]) before the kernel.
+pub(crate) fn quant_pipeline_with(
+    ctx: &GpuContext,
+    kernel: &str,
+    pieces: &[&str],
+    wgsl: &'static str,
+    ty: GgmlType,
+) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
     let suffix = dequant_fn(ty)?;
     let key = format!("{kernel}.{ty}");
     ctx.pipeline(&key, &[], || {
         format!(
-            "{BYTES_WGSL}\n{DEQUANT_WGSL}\n{wgsl}\n\
-             fn decode_unit(rb: u32, u: u32, ncols: u32) {{ decode_unit_{suffix}(rb, u, ncols); }}\n"
+            "{BYTES_WGSL}\n{DEQUANT_WGSL}\n{}\n{wgsl}\n\
+             fn decode_unit(rb: u32, u: u32, ncols: u32) {{ decode_unit_{suffix}(rb, u, ncols); }}\n",
+            pieces.join("\n")
         )
     })
 }
@@ -82,6 +91,15 @@ pub(crate) fn plain_pipeline(
     wgsl: &'static str,
 ) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
     ctx.pipeline(kernel, &[], || wgsl.to_string())
+}
+
+/// A kernel with no type variants that uses the workgroup reductions.
+pub(crate) fn reduce_pipeline(
+    ctx: &GpuContext,
+    kernel: &str,
+    wgsl: &'static str,
+) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
+    ctx.pipeline(kernel, &[], || format!("{REDUCE_WGSL}\n{wgsl}"))
 }
 
 /// Check that a buffer holds at least `len` f32 values.

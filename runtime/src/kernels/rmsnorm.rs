@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{need_f32, plain_pipeline, to_u32};
+use super::{need_f32, reduce_pipeline, to_u32};
 use crate::gpu::{grid, GpuContext};
 use crate::Result;
 
@@ -35,7 +35,7 @@ pub fn record(
     need_f32("rmsnorm x", x, ncols * nrows)?;
     need_f32("rmsnorm weight", weight, ncols)?;
     need_f32("rmsnorm y", y, ncols * nrows)?;
-    let pipeline = plain_pipeline(ctx, "rmsnorm", WGSL)?;
+    let pipeline = reduce_pipeline(ctx, "rmsnorm", WGSL)?;
     let groups = grid(to_u32("rmsnorm rows", nrows)?, ctx.max_groups());
     let params = RmsNormParams {
         ncols: to_u32("rmsnorm cols", ncols)?,

@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{need_f32, plain_pipeline, to_u32};
+use super::{need_f32, reduce_pipeline, to_u32};
 use crate::gpu::{grid, GpuContext};
 use crate::Result;
 
@@ -30,7 +30,7 @@ pub fn record(
     scale: f32,
 ) -> Result<()> {
     need_f32("softmax x", x, ncols * nrows)?;
-    let pipeline = plain_pipeline(ctx, "softmax", WGSL)?;
+    let pipeline = reduce_pipeline(ctx, "softmax", WGSL)?;
     let groups = grid(to_u32("softmax rows", nrows)?, ctx.max_groups());
     let params = SoftmaxParams {
         ncols: to_u32("softmax cols", ncols)?,

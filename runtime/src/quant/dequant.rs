@@ -66,11 +66,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
             return Err(Error::UnsupportedType {
                 what: "dequantize".into(),
                 ty: other,
-                supported: GgmlType::compute_types()
-                    .iter()
-                    .map(|t| t.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                supported: GgmlType::compute_type_names(),
             })
         }
     }

@@ -139,11 +139,7 @@ pub fn random_blocks(ty: GgmlType, n_elems: usize, rng: &mut SplitMix64) -> Resu
                 return Err(Error::UnsupportedType {
                     what: "random tensor".into(),
                     ty: other,
-                    supported: GgmlType::compute_types()
-                        .iter()
-                        .map(|t| t.name())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    supported: GgmlType::compute_type_names(),
                 })
             }
         }

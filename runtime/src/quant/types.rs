@@ -157,6 +157,15 @@ impl GgmlType {
     pub fn compute_types() -> &'static [GgmlType] {
         COMPUTE_TYPES
     }
+
+    /// The compute types as a list for error messages ("F32, F16, ...").
+    pub fn compute_type_names() -> String {
+        COMPUTE_TYPES
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl fmt::Display for GgmlType {
