@@ -8,6 +8,7 @@ mod error;
 mod hparams;
 pub mod llama;
 mod model;
+pub mod synth;
 mod tensors;
 
 pub use error::ModelError;

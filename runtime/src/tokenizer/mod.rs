@@ -7,6 +7,7 @@
 //! tests hold it to llama.cpp's output on golden texts.
 
 mod bpe;
+pub use bpe::byte_to_char;
 mod pretokenize;
 mod stream;
 
