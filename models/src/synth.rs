@@ -52,13 +52,16 @@ const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 /// Build the GGUF of `spec`.
 pub fn synthesize(spec: &SynthSpec) -> Result<GgufWriter, ModelError> {
     let bad = |what: String| ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(what));
-    if spec.vocab < 260 || spec.heads == 0 || spec.kv_heads == 0 || spec.heads % spec.kv_heads != 0
+    if spec.vocab < 260
+        || spec.heads == 0
+        || spec.kv_heads == 0
+        || !spec.heads.is_multiple_of(spec.kv_heads)
     {
         return Err(bad(format!(
             "synthetic model: vocab >= 260 and heads a multiple of KV heads needed, got {spec:?}"
         )));
     }
-    if spec.dim % spec.heads != 0 || (spec.dim / spec.heads) % 2 != 0 {
+    if !spec.dim.is_multiple_of(spec.heads) || !(spec.dim / spec.heads).is_multiple_of(2) {
         return Err(bad(format!(
             "synthetic model: dim {} must split into {} heads of even size",
             spec.dim, spec.heads
