@@ -79,14 +79,15 @@ const PROMPT: [u32; 21] = [
 fn smollm2_gpu_forward_matches_cpu_reference() {
     // Chunk 8: the 21-token prompt runs as three prefill chunks (matmul path), then
     // single-token decode steps (matvec path).
-    // Measured: 4.7e-4 worst over 5 steps (llvmpipe); the bound leaves ~6x margin.
+    // Measured: 8.3e-4 worst over 5 steps (llvmpipe, f32 CPU accumulation); ~3.6x margin.
     gpu_matches_cpu(SMOLLM2, &PROMPT, 8, 4, 3e-3);
 }
 
 #[test]
 fn qwen25_gpu_forward_matches_cpu_reference() {
     let prompt: Vec<u32> = PROMPT.iter().map(|&t| t * 3 + 7).collect();
-    gpu_matches_cpu(QWEN25_15B, &prompt, 16, 2, 3e-3);
+    // Measured: 1.9e-3 worst over 3 steps (llvmpipe); ~3x margin.
+    gpu_matches_cpu(QWEN25_15B, &prompt, 16, 2, 6e-3);
 }
 
 /// The GPU pass against an independent float64 numpy forward pass

@@ -12,10 +12,7 @@
 //! normalized error 0.25), while kvedge's GPU pass differs from that float64 pass by
 //! under 0.01 (tests/forward.rs). So ties are judged at llama.cpp's own noise level.
 
-use kvedge_models::llama::gpu::{GpuForward, GpuWeights};
-use std::sync::Arc;
-
-use kvedge_models::llama::LlamaModel;
+use kvedge_models::{Device, LoadOptions, Model, SessionConfig};
 use kvedge_runtime::kernels::check::test_context;
 use kvedge_tests::{data, golden, model, QWEN25_15B, SMOLLM2};
 
@@ -34,26 +31,22 @@ fn argmax(v: &[f32]) -> u32 {
         .0 as u32
 }
 
-fn greedy_matches_llama_cpp(file: &str, golden: &str, max_cases: usize) {
+fn greedy_matches_llama_cpp(file: &str, golden: &str, max_cases: usize, device: Device) {
     let Some(path) = model(file) else { return };
-    let Some(ctx) = test_context() else { return };
+    if device == Device::Gpu && test_context().is_none() {
+        return;
+    }
     let text = std::fs::read_to_string(data(&format!("golden/{golden}"))).unwrap();
     let cases = golden::greedy_cases(&text);
     assert!(cases.len() >= 5, "golden file has {} prompts", cases.len());
-    let model = Arc::new(LlamaModel::open(path).unwrap());
-    let weights = Arc::new(GpuWeights::upload(ctx, &model).unwrap());
+    let model = Model::load(path, &LoadOptions { device: device.clone(), ..Default::default() }, &mut |_, _| {}).unwrap();
     let (mut exact, mut ties, mut matched) = (0, 0, 0);
     for case in cases.iter().take(max_cases) {
         let n = case.output.len();
-        let mut gpu = GpuForward::new(
-            ctx.clone(),
-            model.clone(),
-            weights.clone(),
-            case.prompt_ids.len() + n + 1,
-            512,
-        )
-        .unwrap();
-        let mut logits = gpu.forward(&case.prompt_ids).unwrap();
+        let context = case.prompt_ids.len() + n + 1;
+        let mut session = model.session(&SessionConfig { context, chunk: 512 }).unwrap();
+        let fwd = session.forward_mut();
+        let mut logits = fwd.forward(&case.prompt_ids).unwrap();
         let mut diverged = None;
         for (step, &want) in case.output.iter().enumerate() {
             let got = argmax(&logits);
@@ -81,7 +74,7 @@ fn greedy_matches_llama_cpp(file: &str, golden: &str, max_cases: usize) {
                 break;
             }
             if step + 1 < n {
-                logits = gpu.forward(&[got]).unwrap();
+                logits = fwd.forward(&[got]).unwrap();
             }
         }
         match diverged {
@@ -96,7 +89,7 @@ fn greedy_matches_llama_cpp(file: &str, golden: &str, max_cases: usize) {
         }
     }
     eprintln!(
-        "{file}: {exact} prompts identical over all {} tokens, {ties} stopped at a near-tie; {matched} tokens matched",
+        "{file} on {device:?}: {exact} prompts identical over all {} tokens, {ties} stopped at a near-tie; {matched} tokens matched",
         cases[0].output.len()
     );
     assert!(
@@ -107,10 +100,20 @@ fn greedy_matches_llama_cpp(file: &str, golden: &str, max_cases: usize) {
 
 #[test]
 fn smollm2_greedy_matches_llama_cpp() {
-    greedy_matches_llama_cpp(SMOLLM2, "smollm2.greedy.txt", 5);
+    greedy_matches_llama_cpp(SMOLLM2, "smollm2.greedy.txt", 5, Device::Gpu);
+}
+
+#[test]
+fn smollm2_cpu_greedy_matches_llama_cpp() {
+    greedy_matches_llama_cpp(SMOLLM2, "smollm2.greedy.txt", 5, Device::Cpu);
 }
 
 #[test]
 fn qwen25_greedy_matches_llama_cpp() {
-    greedy_matches_llama_cpp(QWEN25_15B, "qwen2.5-1.5b.greedy.txt", 5);
+    greedy_matches_llama_cpp(QWEN25_15B, "qwen2.5-1.5b.greedy.txt", 5, Device::Gpu);
+}
+
+#[test]
+fn qwen25_cpu_greedy_matches_llama_cpp() {
+    greedy_matches_llama_cpp(QWEN25_15B, "qwen2.5-1.5b.greedy.txt", 5, Device::Cpu);
 }

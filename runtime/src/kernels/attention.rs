@@ -108,36 +108,39 @@ pub fn reference(
     validate(cfg, n_heads, n_tokens, pos0)?;
     let hd = cfg.head_dim;
     let group = n_heads / cfg.n_kv_heads;
+    let total = pos0 + n_tokens;
     let mut out = vec![0.0f32; n_tokens * n_heads * hd];
-    for t in 0..n_tokens {
-        let n_keys = pos0 + t + 1;
-        for h in 0..n_heads {
-            let kvh = h / group;
-            let qv = &q[(t * n_heads + h) * hd..][..hd];
-            let row = |c: &[f16], j: usize| -> Vec<f64> {
-                c[(kvh * cfg.capacity + j) * hd..][..hd]
-                    .iter()
-                    .map(|v| v.to_f64())
-                    .collect()
-            };
-            let scores: Vec<f64> = (0..n_keys)
-                .map(|j| {
-                    let k = row(kc, j);
-                    qv.iter().zip(&k).map(|(&a, &b)| a as f64 * b).sum::<f64>() * scale as f64
-                })
-                .collect();
-            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-            let sum: f64 = e.iter().sum();
-            let o = &mut out[(t * n_heads + h) * hd..][..hd];
-            let mut acc = vec![0.0f64; hd];
-            for (j, w) in e.iter().enumerate() {
-                for (a, v) in acc.iter_mut().zip(row(vc, j)) {
-                    *a += w / sum * v;
+    let mut scores = Vec::with_capacity(total);
+    for kvh in 0..cfg.n_kv_heads {
+        // This KV head's keys and values for every position, widened once.
+        let widen = |c: &[f16]| -> Vec<f64> {
+            c[kvh * cfg.capacity * hd..][..total * hd].iter().map(|v| v.to_f64()).collect()
+        };
+        let (k, v) = (widen(kc), widen(vc));
+        for h in kvh * group..(kvh + 1) * group {
+            for t in 0..n_tokens {
+                let n_keys = pos0 + t + 1;
+                let qv = &q[(t * n_heads + h) * hd..][..hd];
+                scores.clear();
+                scores.extend((0..n_keys).map(|j| {
+                    let kj = &k[j * hd..(j + 1) * hd];
+                    qv.iter().zip(kj).map(|(&a, &b)| a as f64 * b).sum::<f64>() * scale as f64
+                }));
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let mut sum = 0.0;
+                for sc in scores.iter_mut() {
+                    *sc = (*sc - m).exp();
+                    sum += *sc;
                 }
-            }
-            for (o, a) in o.iter_mut().zip(acc) {
-                *o = a as f32;
+                let mut acc = vec![0.0f64; hd];
+                for (j, w) in scores.iter().enumerate() {
+                    for (a, &vj) in acc.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
+                        *a += w / sum * vj;
+                    }
+                }
+                for (o, a) in out[(t * n_heads + h) * hd..][..hd].iter_mut().zip(acc) {
+                    *o = a as f32;
+                }
             }
         }
     }
