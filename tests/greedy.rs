@@ -39,12 +39,25 @@ fn greedy_matches_llama_cpp(file: &str, golden: &str, max_cases: usize, device: 
     let text = std::fs::read_to_string(data(&format!("golden/{golden}"))).unwrap();
     let cases = golden::greedy_cases(&text);
     assert!(cases.len() >= 5, "golden file has {} prompts", cases.len());
-    let model = Model::load(path, &LoadOptions { device: device.clone(), ..Default::default() }, &mut |_, _| {}).unwrap();
+    let model = Model::load(
+        path,
+        &LoadOptions {
+            device: device.clone(),
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
     let (mut exact, mut ties, mut matched) = (0, 0, 0);
     for case in cases.iter().take(max_cases) {
         let n = case.output.len();
         let context = case.prompt_ids.len() + n + 1;
-        let mut session = model.session(&SessionConfig { context, chunk: 512 }).unwrap();
+        let mut session = model
+            .session(&SessionConfig {
+                context,
+                chunk: 512,
+            })
+            .unwrap();
         let fwd = session.forward_mut();
         let mut logits = fwd.forward(&case.prompt_ids).unwrap();
         let mut diverged = None;

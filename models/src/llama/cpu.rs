@@ -74,7 +74,8 @@ pub fn matmul_rows(
                         for i in 0..m {
                             let xi = &x[i * k..(i + 1) * k];
                             for r in b0..b1 {
-                                out[(r - r0) * m + i] = dot(&rows[(r - b0) * k..(r - b0 + 1) * k], xi);
+                                out[(r - r0) * m + i] =
+                                    dot(&rows[(r - b0) * k..(r - b0 + 1) * k], xi);
                             }
                         }
                     }

@@ -114,7 +114,10 @@ pub fn reference(
     for kvh in 0..cfg.n_kv_heads {
         // This KV head's keys and values for every position, widened once.
         let widen = |c: &[f16]| -> Vec<f64> {
-            c[kvh * cfg.capacity * hd..][..total * hd].iter().map(|v| v.to_f64()).collect()
+            c[kvh * cfg.capacity * hd..][..total * hd]
+                .iter()
+                .map(|v| v.to_f64())
+                .collect()
         };
         let (k, v) = (widen(kc), widen(vc));
         for h in kvh * group..(kvh + 1) * group {
