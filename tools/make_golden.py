@@ -7,7 +7,10 @@ llama.cpp's library; the version is recorded in each file).
     /tmp/llvenv/bin/python tools/make_golden.py models/cache/SmolLM2-135M-Instruct.Q4_1.gguf smollm2
     /tmp/llvenv/bin/python tools/make_golden.py models/cache/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf qwen2.5-1.5b
 
-Writes tests/data/golden/<name>.tokens.txt and <name>.greedy.txt. Texts are stored as hex
+Writes tests/data/golden/<name>.tokens.txt and <name>.greedy.txt (`--tokens-only`: only
+the first; used for the synthetic SentencePiece vocabulary:
+    kvedge synth --tokenizer spm --vocab 512 --seed 1 -o /tmp/spm.gguf
+    /tmp/llvenv/bin/python tools/make_golden.py /tmp/spm.gguf synthetic-spm --tokens-only). Texts are stored as hex
 of their UTF-8 bytes so that every byte (whitespace runs, emoji, invalid-looking
 sequences) survives exactly.
 """
@@ -70,6 +73,7 @@ def decode(ctx, ids, pos0):
 
 def main():
     path, name = sys.argv[1], sys.argv[2]
+    tokens_only = "--tokens-only" in sys.argv[3:]
     L.disable_logging()
     L.llama_backend_init()
     model = Model(path, L.LlamaModelParams())
@@ -84,6 +88,9 @@ def main():
             ids = vocab.tokenize(text, add_special=add_special, parse_special=True)
             lines.append(f"text={text.encode().hex()}\tadd_special={int(add_special)}\tids={' '.join(map(str, ids))}\n")
     (OUT / f"{name}.tokens.txt").write_text("".join(lines))
+    if tokens_only:
+        print(f"wrote {name}.tokens.txt")
+        return
 
     lines = [header, f"# greedy, {N_GREEDY} tokens; topk = llama.cpp's {TOP_K} best tokens and logits at each step\n"]
     for prompt in GREEDY_PROMPTS:

@@ -12,6 +12,7 @@ mod devices;
 mod eval;
 mod generate;
 mod inspect;
+mod synth;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,8 @@ enum Command {
     /// Evaluations.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Write a synthetic model (random weights, stub tokenizer) of given shapes.
+    Synth(synth::SynthArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Run(args) => generate::run(&args),
         Command::Chat(args) => generate::chat(&args),
         Command::Eval(cmd) => eval::run(&cmd),
+        Command::Synth(args) => synth::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

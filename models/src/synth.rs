@@ -26,6 +26,8 @@ pub struct SynthSpec {
     /// Type of the matrices (norms and biases are F32).
     pub ty: GgmlType,
     pub tied_output: bool,
+    /// A SentencePiece vocabulary (`tokenizer.ggml.model = llama`) instead of byte-level BPE.
+    pub spm: bool,
     pub seed: u64,
 }
 
@@ -42,6 +44,7 @@ impl Default for SynthSpec {
             context: 256,
             ty: GgmlType::Q8_0,
             tied_output: true,
+            spm: false,
             seed: 1,
         }
     }
@@ -93,34 +96,11 @@ pub fn synthesize(spec: &SynthSpec) -> Result<GgufWriter, ModelError> {
         MetaValue::F32(1e-5),
     );
 
-    let byte_char = byte_to_char();
-    let mut tokens: Vec<String> = SPECIALS.iter().map(|t| t.to_string()).collect();
-    tokens.extend(byte_char.iter().map(|c| c.to_string()));
-    let space = byte_char[b' ' as usize];
-    tokens.push(format!("{space}t"));
-    let mut types = vec![3i32; SPECIALS.len()];
-    types.extend(std::iter::repeat_n(1, 257));
-    while tokens.len() < spec.vocab {
-        tokens.push(format!("<|unused_{}|>", tokens.len()));
-        types.push(5);
+    if spec.spm {
+        spm_vocab(&mut w, spec.vocab)?;
+    } else {
+        bpe_vocab(&mut w, spec.vocab);
     }
-    w.set("tokenizer.ggml.model", s("gpt2"));
-    w.set("tokenizer.ggml.pre", s("gpt2"));
-    w.set(
-        "tokenizer.ggml.tokens",
-        MetaValue::Array(MetaArray::String(tokens)),
-    );
-    w.set(
-        "tokenizer.ggml.token_type",
-        MetaValue::Array(MetaArray::I32(types)),
-    );
-    w.set(
-        "tokenizer.ggml.merges",
-        MetaValue::Array(MetaArray::String(vec![format!("{space} t")])),
-    );
-    w.set("tokenizer.ggml.bos_token_id", u(0));
-    w.set("tokenizer.ggml.eos_token_id", u(2));
-    w.set("tokenizer.ggml.add_bos_token", MetaValue::Bool(false));
     w.set(
         "tokenizer.chat_template",
         s("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
@@ -170,4 +150,157 @@ pub fn synthesize(spec: &SynthSpec) -> Result<GgufWriter, ModelError> {
         }
     }
     Ok(w)
+}
+
+/// A byte-level BPE vocabulary: specials, every byte, one merged token, unused fillers.
+fn bpe_vocab(w: &mut GgufWriter, vocab: usize) {
+    let s = |v: &str| MetaValue::String(v.into());
+    let u = |v: usize| MetaValue::U32(v as u32);
+    let byte_char = byte_to_char();
+    let mut tokens: Vec<String> = SPECIALS.iter().map(|t| t.to_string()).collect();
+    tokens.extend(byte_char.iter().map(|c| c.to_string()));
+    let space = byte_char[b' ' as usize];
+    tokens.push(format!("{space}t"));
+    let mut types = vec![3i32; SPECIALS.len()];
+    types.extend(std::iter::repeat_n(1, 257));
+    while tokens.len() < vocab {
+        tokens.push(format!("<|unused_{}|>", tokens.len()));
+        types.push(5);
+    }
+    w.set("tokenizer.ggml.model", s("gpt2"));
+    w.set("tokenizer.ggml.pre", s("gpt2"));
+    w.set(
+        "tokenizer.ggml.tokens",
+        MetaValue::Array(MetaArray::String(tokens)),
+    );
+    w.set(
+        "tokenizer.ggml.token_type",
+        MetaValue::Array(MetaArray::I32(types)),
+    );
+    w.set(
+        "tokenizer.ggml.merges",
+        MetaValue::Array(MetaArray::String(vec![format!("{space} t")])),
+    );
+    w.set("tokenizer.ggml.bos_token_id", u(0));
+    w.set("tokenizer.ggml.eos_token_id", u(2));
+    w.set("tokenizer.ggml.add_bos_token", MetaValue::Bool(false));
+}
+
+/// Pieces of the synthetic SentencePiece vocabulary, best score first (after the single
+/// characters, which score lowest).
+const SPM_PIECES: &[&str] = &[
+    "▁t",
+    "▁a",
+    "th",
+    "he",
+    "in",
+    "er",
+    "an",
+    "▁the",
+    "▁of",
+    "▁and",
+    "ing",
+    "▁to",
+    "is",
+    "▁is",
+    "on",
+    "re",
+    "at",
+    "en",
+    "▁in",
+    "ed",
+    "nd",
+    "es",
+    "▁th",
+    "▁w",
+    "▁s",
+    "ou",
+    "▁c",
+    "▁b",
+    "or",
+    "it",
+    "▁f",
+    "▁p",
+    "▁m",
+    "ll",
+    "▁h",
+    "▁qu",
+    "ick",
+    "▁quick",
+    "own",
+    "▁br",
+    "▁brown",
+    "▁fox",
+    "▁do",
+    "og",
+    "▁dog",
+    "▁la",
+    "zy",
+    "▁lazy",
+    "um",
+    "▁jump",
+    "▁jumps",
+    "▁over",
+    "▁▁",
+    "▁▁▁▁",
+    "12",
+    "▁1",
+    "00",
+    "▁2",
+];
+
+/// A SentencePiece vocabulary: <unk>, <s>, </s>, the 256 byte tokens, single characters
+/// (ASCII letters, digits, punctuation, '▁'), merged pieces with scores, unused fillers.
+fn spm_vocab(w: &mut GgufWriter, vocab: usize) -> Result<(), ModelError> {
+    let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+    let mut types = vec![2i32, 3, 3];
+    let mut scores = vec![0.0f32; 3];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(6);
+        scores.push(0.0);
+    }
+    let chars = "▁abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-:;()";
+    for c in chars.chars() {
+        tokens.push(c.to_string());
+        types.push(1);
+        scores.push(-1000.0);
+    }
+    for (i, p) in SPM_PIECES.iter().enumerate() {
+        tokens.push(p.to_string());
+        types.push(1);
+        scores.push(-(i as f32));
+    }
+    if tokens.len() > vocab {
+        return Err(ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(
+            format!(
+                "synthetic SentencePiece vocabulary needs at least {} tokens, got --vocab {vocab}",
+                tokens.len()
+            ),
+        )));
+    }
+    while tokens.len() < vocab {
+        tokens.push(format!("<unused{}>", tokens.len()));
+        types.push(5);
+        scores.push(-1e9);
+    }
+    w.set("tokenizer.ggml.model", MetaValue::String("llama".into()));
+    w.set(
+        "tokenizer.ggml.tokens",
+        MetaValue::Array(MetaArray::String(tokens)),
+    );
+    w.set(
+        "tokenizer.ggml.token_type",
+        MetaValue::Array(MetaArray::I32(types)),
+    );
+    w.set(
+        "tokenizer.ggml.scores",
+        MetaValue::Array(MetaArray::F32(scores)),
+    );
+    w.set("tokenizer.ggml.unknown_token_id", MetaValue::U32(0));
+    w.set("tokenizer.ggml.bos_token_id", MetaValue::U32(1));
+    w.set("tokenizer.ggml.eos_token_id", MetaValue::U32(2));
+    w.set("tokenizer.ggml.add_bos_token", MetaValue::Bool(true));
+    w.set("tokenizer.ggml.add_space_prefix", MetaValue::Bool(true));
+    Ok(())
 }

@@ -1,14 +1,15 @@
-//! Tokenizers from the GGUF vocabulary (`tokenizer.ggml.*`). This version implements
-//! byte-level BPE (`tokenizer.ggml.model = gpt2`: GPT-2, SmolLM, Qwen2, Llama 3) with the
-//! pre-tokenizer `tokenizer.ggml.pre` names, special and control tokens, BOS/EOS as the
-//! file asks, and lossless decoding (a [`StreamDecoder`] holds back partial UTF-8 across
-//! streamed tokens). SentencePiece vocabularies (`llama`) are refused with a clear error
-//! until they are implemented. Behaviour follows llama.cpp's `llama-vocab.cpp`, and the
+//! Tokenizers from the GGUF vocabulary (`tokenizer.ggml.*`): byte-level BPE
+//! (`tokenizer.ggml.model = gpt2`: GPT-2, SmolLM, Qwen2, Llama 3) with the pre-tokenizer
+//! `tokenizer.ggml.pre` names, and SentencePiece (`llama`: Llama 2, Mistral, TinyLlama)
+//! with scores and byte fallback; special and control tokens, BOS/EOS as the file asks,
+//! and lossless decoding (a [`StreamDecoder`] holds back partial UTF-8 across streamed
+//! tokens). Behaviour follows llama.cpp's `llama-vocab.cpp`, and the
 //! tests hold it to llama.cpp's output on golden texts.
 
 mod bpe;
 pub use bpe::byte_to_char;
 mod pretokenize;
+mod spm;
 mod stream;
 
 use std::collections::HashMap;
@@ -48,18 +49,32 @@ pub struct Tokenizer {
     tokens: Vec<String>,
     types: Vec<TokenType>,
     ids: HashMap<String, u32>,
-    merges: bpe::Merges,
-    pre: PreTokenizer,
+    kind: Kind,
     /// Control, user-defined and unknown tokens, longest text first.
     specials: Vec<(String, u32)>,
     byte_char: [char; 256],
     char_byte: HashMap<char, u8>,
-    ignore_merges: bool,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     pub eot: Option<u32>,
     pub add_bos: bool,
     pub add_eos: bool,
+}
+
+/// The vocabulary's algorithm.
+enum Kind {
+    /// Byte-level BPE (`gpt2`).
+    Bpe {
+        merges: bpe::Merges,
+        pre: PreTokenizer,
+        /// Llama 3: a word that is a token is taken whole, before any merge.
+        ignore_merges: bool,
+    },
+    /// SentencePiece (`llama`): scores per token.
+    Spm {
+        scores: Vec<f32>,
+        add_space_prefix: bool,
+    },
 }
 
 /// A piece of text after special-token partitioning.
@@ -77,11 +92,11 @@ impl Tokenizer {
         let h = file.header();
         let model = h.opt_str("tokenizer.ggml.model").map_err(|e| file.err(e))?;
         match model {
-            Some("gpt2") => {}
+            Some("gpt2") | Some("llama") => {}
             Some(other) => {
                 return Err(tok_err(
                     file,
-                    format!("tokenizer model '{other}' is not supported yet (supported: gpt2, byte-level BPE)"),
+                    format!("tokenizer model '{other}' is not supported (supported: gpt2 = byte-level BPE, llama = SentencePiece)"),
                 ))
             }
             None => return Err(tok_err(file, "no tokenizer (tokenizer.ggml.model is missing)".into())),
@@ -115,16 +130,6 @@ impl Tokenizer {
                 ))
             }
         };
-        let merges = match h.get("tokenizer.ggml.merges").and_then(|v| v.as_array()) {
-            Some(MetaArray::String(v)) if !v.is_empty() => bpe::Merges::new(v)
-                .map_err(|i| tok_err(file, format!("tokenizer.ggml.merges[{i}] is not of the form 'left right': {:?}", v[i])))?,
-            _ => return Err(tok_err(file, "a byte-level BPE vocabulary needs tokenizer.ggml.merges, which is missing or empty".into())),
-        };
-        let pre_name = h
-            .opt_str("tokenizer.ggml.pre")
-            .map_err(|e| file.err(e))?
-            .unwrap_or("default");
-        let pre = PreTokenizer::new(pre_name)?;
         let id = |key: &str| -> Result<Option<u32>> {
             match h.opt_u64(key).map_err(|e| file.err(e))? {
                 Some(v) if (v as usize) < n => Ok(Some(v as u32)),
@@ -172,22 +177,79 @@ impl Tokenizer {
             .find_map(|s| ids.get(*s).copied())
             .filter(|&t| types[t as usize] == TokenType::Control),
         };
+        let kind = if model == Some("llama") {
+            let scores =
+                match h.get("tokenizer.ggml.scores").and_then(|v| v.as_array()) {
+                    Some(MetaArray::F32(v)) if v.len() == n => v.clone(),
+                    Some(a) => {
+                        return Err(tok_err(
+                            file,
+                            format!(
+                                "tokenizer.ggml.scores: expected {n} f32 values, got {} of {}",
+                                a.len(),
+                                a.elem_type().name()
+                            ),
+                        ))
+                    }
+                    None => return Err(tok_err(
+                        file,
+                        "a SentencePiece vocabulary needs tokenizer.ggml.scores, which is missing"
+                            .into(),
+                    )),
+                };
+            Kind::Spm {
+                scores,
+                add_space_prefix: flag("tokenizer.ggml.add_space_prefix", true),
+            }
+        } else {
+            let merges = match h.get("tokenizer.ggml.merges").and_then(|v| v.as_array()) {
+                Some(MetaArray::String(v)) if !v.is_empty() => bpe::Merges::new(v).map_err(|i| {
+                    tok_err(file, format!("tokenizer.ggml.merges[{i}] is not of the form 'left right': {:?}", v[i]))
+                })?,
+                _ => {
+                    return Err(tok_err(
+                        file,
+                        "a byte-level BPE vocabulary needs tokenizer.ggml.merges, which is missing or empty".into(),
+                    ))
+                }
+            };
+            let pre_name = h
+                .opt_str("tokenizer.ggml.pre")
+                .map_err(|e| file.err(e))?
+                .unwrap_or("default");
+            Kind::Bpe {
+                merges,
+                pre: PreTokenizer::new(pre_name)?,
+                ignore_merges: matches!(pre_name, "llama-bpe" | "llama3"),
+            }
+        };
+        let spm = matches!(kind, Kind::Spm { .. });
         Ok(Self {
-            ignore_merges: matches!(pre_name, "llama-bpe" | "llama3"),
+            kind,
             bos: id("tokenizer.ggml.bos_token_id")?,
             eos: id("tokenizer.ggml.eos_token_id")?,
             eot,
-            add_bos: flag("tokenizer.ggml.add_bos_token", false),
+            add_bos: flag("tokenizer.ggml.add_bos_token", spm),
             add_eos: flag("tokenizer.ggml.add_eos_token", false),
             tokens,
             types,
             ids,
-            merges,
-            pre,
             specials,
             byte_char,
             char_byte,
         })
+    }
+
+    /// Whether encoding prefixes a space to the text (SentencePiece vocabularies that ask
+    /// for it): streamed pieces then start with that space, `decode` drops it.
+    pub fn adds_space_prefix(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Spm {
+                add_space_prefix: true,
+                ..
+            }
+        )
     }
 
     pub fn n_vocab(&self) -> usize {
@@ -249,16 +311,22 @@ impl Tokenizer {
         frags
     }
 
-    fn encode_word(&self, word: &str, out: &mut Vec<u32>) -> Result<()> {
+    fn encode_word(
+        &self,
+        merges: &bpe::Merges,
+        ignore_merges: bool,
+        word: &str,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
         let mapped: String = word.bytes().map(|b| self.byte_char[b as usize]).collect();
-        if self.ignore_merges {
+        if ignore_merges {
             if let Some(&id) = self.ids.get(&mapped) {
                 out.push(id);
                 return Ok(());
             }
         }
         let symbols: Vec<String> = mapped.chars().map(String::from).collect();
-        for sym in self.merges.apply(symbols) {
+        for sym in merges.apply(symbols) {
             match self.ids.get(&sym) {
                 Some(&id) => out.push(id),
                 None => {
@@ -289,13 +357,52 @@ impl Tokenizer {
         if add_special && self.add_bos {
             out.extend(self.bos);
         }
+        // SPM: a space is prefixed to text that starts the input or follows a special token.
+        let mut prev_special = true;
         for frag in self.partition(text, parse_special) {
-            match frag {
-                Fragment::Token(id) => out.push(id),
-                Fragment::Text(t) => {
-                    for word in self.pre.split(t)? {
-                        self.encode_word(word, &mut out)?;
+            match (frag, &self.kind) {
+                (Fragment::Token(id), _) => {
+                    out.push(id);
+                    prev_special = true;
+                }
+                (
+                    Fragment::Text(t),
+                    Kind::Bpe {
+                        merges,
+                        pre,
+                        ignore_merges,
+                    },
+                ) => {
+                    for word in pre.split(t)? {
+                        self.encode_word(merges, *ignore_merges, word, &mut out)?;
                     }
+                }
+                (
+                    Fragment::Text(t),
+                    Kind::Spm {
+                        scores,
+                        add_space_prefix,
+                    },
+                ) => {
+                    let mut escaped = String::with_capacity(t.len() + 3);
+                    if *add_space_prefix && prev_special {
+                        escaped.push('\u{2581}');
+                    }
+                    escaped.extend(t.chars().map(|c| if c == ' ' { '\u{2581}' } else { c }));
+                    let lookup =
+                        |piece: &str| self.ids.get(piece).map(|&id| (id, scores[id as usize]));
+                    let byte_token = |b: u8| {
+                        self.ids
+                            .get(&format!("<0x{b:02X}>"))
+                            .or_else(|| self.ids.get(&(b as char).to_string()))
+                            .copied()
+                    };
+                    spm::tokenize(&escaped, &lookup, &byte_token, &mut out).map_err(|b| {
+                        Error::Tokenizer(format!(
+                            "byte {b:#04x} has neither a <0x{b:02X}> token nor a character token"
+                        ))
+                    })?;
+                    prev_special = false;
                 }
             }
         }
@@ -314,7 +421,22 @@ impl Tokenizer {
                 self.n_vocab()
             ))
         })?;
-        Ok(match self.types[id as usize] {
+        let ty = self.types[id as usize];
+        if let Kind::Spm { .. } = self.kind {
+            return Ok(match ty {
+                TokenType::Byte => text
+                    .strip_prefix("<0x")
+                    .and_then(|h| h.strip_suffix('>'))
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .map_or_else(|| text.as_bytes().to_vec(), |b| vec![b]),
+                TokenType::Normal | TokenType::UserDefined => {
+                    text.replace('\u{2581}', " ").into_bytes()
+                }
+                TokenType::Control | TokenType::Unknown if show_special => text.as_bytes().to_vec(),
+                _ => Vec::new(),
+            });
+        }
+        Ok(match ty {
             TokenType::Normal | TokenType::Byte => text
                 .chars()
                 .flat_map(|c| match self.char_byte.get(&c) {
@@ -334,6 +456,16 @@ impl Tokenizer {
         let mut bytes = Vec::new();
         for &id in ids {
             bytes.extend(self.token_bytes(id, show_special)?);
+        }
+        // SPM: the space the encoder prefixed is not part of the text.
+        if let Kind::Spm {
+            add_space_prefix: true,
+            ..
+        } = self.kind
+        {
+            if bytes.first() == Some(&b' ') {
+                bytes.remove(0);
+            }
         }
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
