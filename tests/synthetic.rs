@@ -177,3 +177,47 @@ fn synthetic_model_chats_through_the_public_api() {
     assert!(s.stats().context_used > 5);
     let _ = std::fs::remove_file(p);
 }
+
+#[test]
+fn chat_adds_no_second_bos_when_the_template_writes_one() {
+    let spec = SynthSpec {
+        spm: true,
+        vocab: 512,
+        ..Default::default()
+    };
+    let p = write(&spec, "bos", |w| {
+        w.set(
+            "tokenizer.chat_template",
+            MetaValue::String(
+                "{{ bos_token }}{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}"
+                    .into(),
+            ),
+        );
+    });
+    let opts = LoadOptions {
+        device: kvedge_models::Device::Cpu,
+        ..Default::default()
+    };
+    let m = Model::load(&p, &opts, &mut |_, _| {}).unwrap();
+    let bos = m.tokenizer().bos.unwrap();
+    let mut s = m
+        .session(&SessionConfig {
+            context: 64,
+            chunk: 8,
+        })
+        .unwrap();
+    let _ = s
+        .chat(
+            "hi",
+            &GenerateOptions {
+                max_tokens: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .count();
+    let h = s.history();
+    assert_eq!(h[0], bos);
+    assert_ne!(h[1], bos, "second BOS in {h:?}");
+    let _ = std::fs::remove_file(p);
+}

@@ -213,7 +213,16 @@ impl Session {
                 full.clone()
             }
         };
-        let ids = self.tok.encode(&delta, self.history.is_empty(), true)?;
+        // BOS goes first in an empty context, unless the template wrote it itself (many
+        // Llama/Mistral templates start with `{{ bos_token }}`).
+        let bos_text = self
+            .tok
+            .bos
+            .and_then(|b| self.tok.token_text(b))
+            .unwrap_or("");
+        let add_bos =
+            self.history.is_empty() && (bos_text.is_empty() || !delta.starts_with(bos_text));
+        let ids = self.tok.encode(&delta, add_bos, true)?;
         self.feed(&ids)?;
         self.messages = msgs;
         self.rendered = full;
