@@ -28,6 +28,11 @@ pub fn run(path: &Path, list_tensors: bool) -> Result<(), Box<dyn std::error::Er
     if let Some(name) = h.get("general.name").and_then(|v| v.as_str()) {
         println!("name:          {name}");
     }
+    if h.get("kvedge.synthetic").and_then(|v| v.as_bool()) == Some(true) {
+        println!(
+            "SYNTHETIC:     yes (kvedge synth: random weights, stub tokenizer; not a real model)"
+        );
+    }
     let arch = h
         .get("general.architecture")
         .and_then(|v| v.as_str())

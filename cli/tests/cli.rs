@@ -207,3 +207,43 @@ fn eval_ppl_reports_a_perplexity() {
     ]);
     assert!(!ok && err.contains("/nonexistent.txt"), "{err}");
 }
+
+#[test]
+fn synth_writes_a_model_that_inspect_marks_synthetic_and_run_accepts() {
+    let out = std::env::temp_dir().join(format!("kvedge-cli-synth-{}.gguf", std::process::id()));
+    let o = out.to_str().unwrap();
+    let (ok, _, err) = kvedge(&[
+        "synth",
+        "--arch",
+        "qwen2",
+        "--type",
+        "Q4_K",
+        "--tokenizer",
+        "spm",
+        "--untied",
+        "-o",
+        o,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, stdout, err) = kvedge(&["inspect", o]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("SYNTHETIC:     yes") && stdout.contains("tensor check:    ok (separate"),
+        "{stdout}"
+    );
+    let (ok, _, err) = kvedge(&[
+        "run",
+        "--device",
+        "cpu",
+        "-m",
+        o,
+        "-p",
+        "the quick fox",
+        "-n",
+        "3",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = kvedge(&["synth", "--type", "IQ2_XXS", "-o", o]);
+    assert!(!ok && err.contains("unsupported --type"), "{err}");
+    let _ = std::fs::remove_file(out);
+}
