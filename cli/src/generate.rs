@@ -237,7 +237,15 @@ pub fn chat(args: &ChatArgs) -> Res {
         }
         let before = session.stats();
         let mut out = std::io::stdout().lock();
-        let mut gen = session.chat(text, &opts)?;
+        // A turn that cannot run (e.g. the context is full) is reported and the chat goes on.
+        let mut gen = match session.chat(text, &opts) {
+            Ok(g) => g,
+            Err(e) => {
+                drop(out);
+                eprintln!("error: {e} (/reset starts a new conversation)");
+                continue;
+            }
+        };
         for piece in gen.by_ref() {
             out.write_all(piece?.as_bytes())?;
             out.flush()?;

@@ -247,3 +247,40 @@ fn synth_writes_a_model_that_inspect_marks_synthetic_and_run_accepts() {
     assert!(!ok && err.contains("unsupported --type"), "{err}");
     let _ = std::fs::remove_file(out);
 }
+
+#[test]
+fn chat_reports_a_full_context_and_keeps_going() {
+    use std::io::Write;
+    let Some(path) = smollm2() else { return };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvedge"))
+        .args([
+            "chat",
+            "--device",
+            "cpu",
+            "--temp",
+            "0",
+            "-n",
+            "40",
+            "-c",
+            "48",
+            "-m",
+            path.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Tell me a very long story about the sea and the mountains\nhi\n/reset\nhi\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("does not fit"), "{stderr}");
+    assert!(stderr.contains("conversation cleared"), "{stderr}");
+    assert_eq!(stderr.matches("KV cache").count(), 2, "{stderr}");
+}
