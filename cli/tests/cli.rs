@@ -15,6 +15,26 @@ fn kvedge(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Run `kvedge` with `input` on its standard input.
+fn kvedge_with_input(args: &[&str], input: &[u8]) -> (bool, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvedge"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -97,37 +117,21 @@ fn smollm2() -> Option<PathBuf> {
 
 #[test]
 fn chat_answers_two_turns_from_a_pipe_and_exits_at_eof() {
-    use std::io::Write;
     let Some(path) = smollm2() else { return };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvedge"))
-        .args([
-            "chat",
-            "--device",
-            "cpu",
-            "--temp",
-            "0",
-            "-n",
-            "16",
-            "-m",
-            path.to_str().unwrap(),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"What is the capital of France?\nAnd of Italy?\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stderr}");
+    let args = [
+        "chat",
+        "--device",
+        "cpu",
+        "--temp",
+        "0",
+        "-n",
+        "16",
+        "-m",
+        path.to_str().unwrap(),
+    ];
+    let (ok, stdout, stderr) =
+        kvedge_with_input(&args, b"What is the capital of France?\nAnd of Italy?\n");
+    assert!(ok, "{stderr}");
     assert!(
         stdout.contains("Paris") && stdout.contains("Rome"),
         "{stdout}"
@@ -250,36 +254,23 @@ fn synth_writes_a_model_that_inspect_marks_synthetic_and_run_accepts() {
 
 #[test]
 fn chat_reports_a_full_context_and_keeps_going() {
-    use std::io::Write;
     let Some(path) = smollm2() else { return };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvedge"))
-        .args([
-            "chat",
-            "--device",
-            "cpu",
-            "--temp",
-            "0",
-            "-n",
-            "40",
-            "-c",
-            "48",
-            "-m",
-            path.to_str().unwrap(),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Tell me a very long story about the sea and the mountains\nhi\n/reset\nhi\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let args = [
+        "chat",
+        "--device",
+        "cpu",
+        "--temp",
+        "0",
+        "-n",
+        "40",
+        "-c",
+        "48",
+        "-m",
+        path.to_str().unwrap(),
+    ];
+    let input = b"Tell me a very long story about the sea and the mountains\nhi\n/reset\nhi\n";
+    let (ok, _, stderr) = kvedge_with_input(&args, input);
+    assert!(ok, "{stderr}");
     assert!(stderr.contains("does not fit"), "{stderr}");
     assert!(stderr.contains("conversation cleared"), "{stderr}");
     assert_eq!(stderr.matches("KV cache").count(), 2, "{stderr}");
