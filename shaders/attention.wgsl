@@ -1,12 +1,19 @@
 // Causal grouped-query attention over an f16 KV cache, for a chunk of queries (prefill)
-// or one (decode). Query t of the chunk sits at position pos0 + t and attends to cache
-// slots 0..=pos0 + t; query head h reads KV head h / (n_heads / n_kv_heads).
+// or one (decode). Query t of the chunk is the cache slot n_past + t and attends to cache
+// slots 0..=n_past + t; query head h reads KV head h / (n_heads / n_kv_heads).
 //
 // One workgroup per (query, head). Keys are visited in blocks of WG: each thread scores
 // one key of the block (q·k, q pre-scaled), then the block updates a running max m and
 // normalizer l (online softmax, as in FlashAttention, Dao et al. 2022) and each thread
 // rescales and accumulates the head dims it owns. Memory is O(WG + head_dim) per
 // workgroup whatever the context length: no score matrix is ever stored.
+//
+// The log-sum-exp of each (query, head)'s scaled scores goes to `lse`, so that
+// attn_score.wgsl can recompute any single attention probability exactly
+// (exp(score - lse)) for the eviction policies without storing the probabilities.
+//
+// Slots, not positions: with eviction the cache is compacted in slot order, so query t of
+// the chunk still attends to slots 0..=n_past + t (RoPE already holds the positions).
 
 struct Params {
     head_dim: u32,
@@ -14,7 +21,7 @@ struct Params {
     n_kv_heads: u32,
     n_tokens: u32,
     capacity: u32,
-    pos0: u32,
+    n_past: u32,
     scale: f32,
     grid_x: u32,
 }
@@ -23,7 +30,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> kc: array<u32>;
 @group(0) @binding(2) var<storage, read> vc: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var<uniform> p: Params;
+@group(0) @binding(4) var<storage, read_write> lse: array<f32>;
+@group(0) @binding(5) var<uniform> p: Params;
 
 const WG: u32 = 64u;
 const MAX_HD: u32 = 256u;
@@ -43,7 +51,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let kvh = h / (p.n_heads / p.n_kv_heads);
     let hd = p.head_dim;
     let half = hd / 2u;
-    let n_keys = p.pos0 + t + 1u;
+    let n_keys = p.n_past + t + 1u;
     let qbase = (t * p.n_heads + h) * hd;
     for (var d = lid.x; d < hd; d += WG) {
         qs[d] = q[qbase + d] * p.scale;
@@ -103,5 +111,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         if (d < hd) {
             out[qbase + d] = acc[c] / l;
         }
+    }
+    if (lid.x == 0u) {
+        lse[id] = m + log(l);
     }
 }

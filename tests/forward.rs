@@ -4,6 +4,7 @@
 
 use kvedge_models::llama::cpu::CpuForward;
 use kvedge_models::llama::gpu::{GpuForward, GpuWeights};
+use kvedge_runtime::kv::KvOptions;
 use std::sync::Arc;
 
 use kvedge_models::llama::LlamaModel;
@@ -29,9 +30,16 @@ fn gpu_matches_cpu(file: &str, prompt: &[u32], chunk: usize, steps: usize, bound
     let model = Arc::new(LlamaModel::open(path).unwrap());
     let weights = Arc::new(GpuWeights::upload(ctx, &model).unwrap());
     let ctx_len = prompt.len() + steps + 4;
-    let mut gpu =
-        GpuForward::new(ctx.clone(), model.clone(), weights.clone(), ctx_len, chunk).unwrap();
-    let mut cpu = CpuForward::new(model.clone(), ctx_len);
+    let mut gpu = GpuForward::new(
+        ctx.clone(),
+        model.clone(),
+        weights.clone(),
+        ctx_len,
+        chunk,
+        &KvOptions::default(),
+    )
+    .unwrap();
+    let mut cpu = CpuForward::new(model.clone(), ctx_len, 512, &KvOptions::default()).unwrap();
 
     let mut g = gpu.forward(prompt).unwrap();
     let c = cpu.forward(prompt).unwrap();
@@ -108,8 +116,15 @@ fn gpu_matches_f64_reference(file: &str, golden: &str, bound: f64) {
         let want: Vec<f32> = bytemuck::pod_collect_to_vec(
             refs.tensor_data(refs.tensor(&format!("logits.{i}")).unwrap()),
         );
-        let mut gpu =
-            GpuForward::new(ctx.clone(), model.clone(), weights.clone(), ids.len(), 512).unwrap();
+        let mut gpu = GpuForward::new(
+            ctx.clone(),
+            model.clone(),
+            weights.clone(),
+            ids.len(),
+            512,
+            &KvOptions::default(),
+        )
+        .unwrap();
         let got = gpu.forward(&ids).unwrap();
         let cmp = compare(&got, &want);
         eprintln!(
@@ -143,8 +158,16 @@ fn smollm2_gpu_logits_of_every_token_match_cpu() {
     let Some(ctx) = test_context() else { return };
     let model = Arc::new(LlamaModel::open(path).unwrap());
     let weights = Arc::new(GpuWeights::upload(ctx, &model).unwrap());
-    let mut gpu = GpuForward::new(ctx.clone(), model.clone(), weights, 32, 16).unwrap();
-    let mut cpu = CpuForward::new(model.clone(), 32);
+    let mut gpu = GpuForward::new(
+        ctx.clone(),
+        model.clone(),
+        weights,
+        32,
+        16,
+        &KvOptions::default(),
+    )
+    .unwrap();
+    let mut cpu = CpuForward::new(model.clone(), 32, 512, &KvOptions::default()).unwrap();
     let g = gpu.forward_all(&PROMPT).unwrap();
     let c = cpu.forward(&PROMPT).unwrap();
     let cmp = compare(&g, &c);

@@ -56,6 +56,7 @@ fn greedy_matches_llama_cpp(file: &str, golden: &str, max_cases: usize, device: 
             .session(&SessionConfig {
                 context,
                 chunk: 512,
+                ..SessionConfig::default()
             })
             .unwrap();
         let fwd = session.forward_mut();

@@ -32,6 +32,7 @@ fn chat_turns_extend_the_cache_without_re_prefill() {
         .session(&SessionConfig {
             context: 512,
             chunk: 64,
+            ..SessionConfig::default()
         })
         .unwrap();
     let reply1: String = s
@@ -82,6 +83,7 @@ fn same_seed_same_text_and_greedy_is_deterministic() {
             .session(&SessionConfig {
                 context: 128,
                 chunk: 64,
+                ..SessionConfig::default()
             })
             .unwrap();
         let out: String = s
@@ -102,6 +104,7 @@ fn generation_stops_at_max_tokens_stop_strings_and_a_full_context() {
         .session(&SessionConfig {
             context: 128,
             chunk: 64,
+            ..SessionConfig::default()
         })
         .unwrap();
     let n = s.generate("1, 2, 3, 4,", &greedy(5)).unwrap().count();
@@ -112,6 +115,7 @@ fn generation_stops_at_max_tokens_stop_strings_and_a_full_context() {
         .session(&SessionConfig {
             context: 128,
             chunk: 64,
+            ..SessionConfig::default()
         })
         .unwrap();
     let stop = GenerateOptions {
@@ -130,6 +134,7 @@ fn generation_stops_at_max_tokens_stop_strings_and_a_full_context() {
         .session(&SessionConfig {
             context: 12,
             chunk: 64,
+            ..SessionConfig::default()
         })
         .unwrap();
     let n = s.generate("1, 2, 3, 4,", &greedy(100)).unwrap().count();
@@ -144,6 +149,7 @@ fn bad_input_gives_clear_errors() {
         .session(&SessionConfig {
             context: 16,
             chunk: 64,
+            ..SessionConfig::default()
         })
         .unwrap();
     let e = s.generate("", &greedy(4)).err().expect("empty prompt");
@@ -182,6 +188,7 @@ fn gpu_session_generates_the_cpu_greedy_text() {
             .session(&SessionConfig {
                 context: 64,
                 chunk: 512,
+                ..SessionConfig::default()
             })
             .unwrap();
         let out: String = s

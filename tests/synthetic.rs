@@ -2,6 +2,7 @@
 //! qwen2's biases and rotate-halves RoPE and an untied output matrix on CI (where only
 //! SmolLM2 is fetched), k-quant and legacy matrices, and malformed models.
 
+use kvedge_runtime::kv::KvOptions;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -37,8 +38,16 @@ fn gpu_matches_cpu(spec: &SynthSpec, name: &str) {
     let model = Arc::new(LlamaModel::open(&path).unwrap());
     assert_eq!(model.tied_output, spec.tied_output);
     let weights = Arc::new(GpuWeights::upload(ctx, &model).unwrap());
-    let mut gpu = GpuForward::new(ctx.clone(), model.clone(), weights, 32, 5).unwrap();
-    let mut cpu = CpuForward::new(model.clone(), 32);
+    let mut gpu = GpuForward::new(
+        ctx.clone(),
+        model.clone(),
+        weights,
+        32,
+        5,
+        &KvOptions::default(),
+    )
+    .unwrap();
+    let mut cpu = CpuForward::new(model.clone(), 32, 512, &KvOptions::default()).unwrap();
     let prompt: Vec<u32> = (0..13).map(|i| (i * 37 + 5) % spec.vocab as u32).collect();
     let mut worst = 0.0f64;
     let g = gpu.forward(&prompt).unwrap();
@@ -161,6 +170,7 @@ fn synthetic_model_chats_through_the_public_api() {
         .session(&SessionConfig {
             context: 64,
             chunk: 8,
+            ..SessionConfig::default()
         })
         .unwrap();
     let n = s
@@ -204,6 +214,7 @@ fn chat_adds_no_second_bos_when_the_template_writes_one() {
         .session(&SessionConfig {
             context: 64,
             chunk: 8,
+            ..SessionConfig::default()
         })
         .unwrap();
     let _ = s

@@ -23,6 +23,8 @@ def main():
     ap.add_argument("text")
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--chunks", type=int, default=0)
+    ap.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto",
+                    help="llama.cpp's flash attention (its default: auto)")
     a = ap.parse_args()
     L.disable_logging()
     L.llama_backend_init()
@@ -46,6 +48,7 @@ def main():
         cp.n_ctx = a.ctx
         cp.n_batch = a.ctx
         cp.n_ubatch = a.ctx
+        cp.flash_attn_type = {"auto": -1, "off": 0, "on": 1}[a.flash_attn]
         ctx = L.LlamaContext(model, cp)
         batch = L.LlamaBatch(n_tokens=a.ctx, embd=0, n_seq_max=1)
         for j, t in enumerate(win):

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use kvedge_models::{LoadOptions, Model, SessionConfig};
-use kvedge_runtime::perplexity::perplexity;
+use kvedge_runtime::perplexity::{perplexity, stream_perplexity};
 
 use crate::generate::{resolve_model, ModelArgs};
 
@@ -29,6 +29,11 @@ pub struct PplArgs {
     /// Evaluate at most this many windows (0: all)
     #[arg(long, default_value_t = 0)]
     pub chunks: usize,
+    /// Streaming instead of windows: the first N tokens of the text as one stream, fed in
+    /// chunks of --ctx through one session (the KV policy compresses between chunks),
+    /// every token after the first scored
+    #[arg(long, value_name = "N")]
+    pub stream: Option<usize>,
 }
 
 pub fn run(cmd: &EvalCommand) -> Result<(), Box<dyn std::error::Error>> {
@@ -45,12 +50,60 @@ pub fn run(cmd: &EvalCommand) -> Result<(), Box<dyn std::error::Error>> {
         },
         &mut |_, _| {},
     )?;
-    let mut session = model.session(&SessionConfig {
-        context: args.window,
-        ..Default::default()
-    })?;
     let tok = model.tokenizer().clone();
     let tokens = tok.encode(&text, true, false)?;
+    let kv = args.model.kv.options();
+    let context = match (args.stream, args.model.ctx_size) {
+        (Some(n), 0) => n,
+        (None, 0) => args.window,
+        (_, c) => c,
+    };
+    let mut session = model.session(&SessionConfig {
+        context,
+        chunk: args.window,
+        kv,
+    })?;
+    if let Some(n) = args.stream {
+        if tokens.len() < n {
+            return Err(format!(
+                "{}: {} tokens, fewer than the {n} asked for by --stream",
+                args.text.display(),
+                tokens.len()
+            )
+            .into());
+        }
+        eprintln!(
+            "{}: streaming {n} of {} tokens in chunks of {}, device {}",
+            args.text.display(),
+            tokens.len(),
+            args.window,
+            session.device()
+        );
+        let t = Instant::now();
+        let p = stream_perplexity(
+            session.forward_mut(),
+            &tokens[..n],
+            args.window,
+            model.hparams().n_vocab,
+            &mut |i, n, ppl| eprint!("[{i}/{n}]{ppl:.4} "),
+        )?;
+        eprintln!();
+        let s = session.stats();
+        println!(
+            "PPL = {:.4} +/- {:.5} (stream of {n} tokens, {} scored, {:.1} s); KV {}: {:.2} MiB, {} of {} slots used, {} evicted per head",
+            p.ppl,
+            p.ppl_err,
+            p.scored_tokens,
+            t.elapsed().as_secs_f64(),
+            s.kv.plan,
+            s.kv.kv_bytes as f64 / (1 << 20) as f64,
+            s.kv.used,
+            s.kv.slots,
+            s.kv.evicted
+        );
+        return Ok(());
+    }
+    let mut session = session;
     let bos = if tok.add_bos { tok.bos } else { None };
     eprintln!(
         "{}: {} tokens, windows of {} ({} available), device {}",

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use kvedge_models::{Device, LoadOptions, Model, SessionConfig};
+use kvedge_runtime::kv::{KvBudget, KvOptions, KvPolicy};
 use kvedge_runtime::sample::SamplingOptions;
 use kvedge_runtime::session::{GenerateOptions, Session, Stats};
 
@@ -20,9 +21,42 @@ pub struct ModelArgs {
     /// gpu or cpu (the CPU is never chosen silently)
     #[arg(long, default_value = "gpu")]
     pub device: Device,
-    /// Context length in tokens (0: min(training context, 4096))
+    /// Context length in tokens (0: min(training context, 4096)); with a KV policy the
+    /// session runs past it, evicting
     #[arg(short = 'c', long, default_value_t = 0)]
     pub ctx_size: usize,
+    #[command(flatten)]
+    pub kv: KvArgs,
+}
+
+/// KV cache budget and eviction, shared by run, chat, eval and bench.
+#[derive(Args, Clone, Debug)]
+pub struct KvArgs {
+    /// KV budget: slots per layer and head (2048) or bytes of the whole cache (64MiB);
+    /// needs --kv-policy
+    #[arg(long)]
+    pub kv_budget: Option<KvBudget>,
+    /// What an over-budget cache drops: full (nothing), window (sinks + recent),
+    /// h2o (heavy hitters), nacl (proxy-query scores + random)
+    #[arg(long, default_value = "full")]
+    pub kv_policy: KvPolicy,
+    /// Attention-sink tokens every policy keeps
+    #[arg(long, default_value_t = 4)]
+    pub kv_sinks: usize,
+    /// Seed of NACL's random sample
+    #[arg(long, default_value_t = 0)]
+    pub kv_seed: u64,
+}
+
+impl KvArgs {
+    pub fn options(&self) -> KvOptions {
+        KvOptions {
+            budget: self.kv_budget,
+            policy: self.kv_policy,
+            sinks: self.kv_sinks,
+            seed: self.kv_seed,
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -122,6 +156,7 @@ fn load(args: &ModelArgs, quiet: bool) -> Result<(Model, Session), Box<dyn std::
     bar.finish_and_clear();
     let session = model.session(&SessionConfig {
         context: args.ctx_size,
+        kv: args.kv.options(),
         ..Default::default()
     })?;
     Ok((model, session))
@@ -174,14 +209,21 @@ fn print_stats(session: &Session, before: &Stats) {
         ..Stats::default()
     };
     eprintln!(
-        "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s; context {}/{}; KV cache {:.1} MiB; {}]",
+        "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s; {}; KV cache {:.1} MiB, {}/{} slots, {} evicted ({}); {}]",
         turn.prompt_tokens,
         turn.prefill_tokens_per_s(),
         turn.generated_tokens,
         turn.decode_tokens_per_s(),
-        s.context_used,
-        s.context_size,
+        if s.kv.evicted > 0 || s.context_size > u32::MAX as usize / 2 {
+            format!("{} tokens seen", s.context_used)
+        } else {
+            format!("context {}/{}", s.context_used, s.context_size)
+        },
         mib(s.kv_bytes),
+        s.kv.used,
+        s.kv.slots,
+        s.kv.evicted,
+        s.kv.plan,
         session.device()
     );
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use kvedge_runtime::chat::ChatTemplate;
 use kvedge_runtime::gpu::{DeviceOptions, GpuContext};
+use kvedge_runtime::kv::{KvOptions, KvStats};
 use kvedge_runtime::session::{Forward, Session};
 use kvedge_runtime::tokenizer::Tokenizer;
 use kvedge_runtime::Error;
@@ -47,8 +48,10 @@ pub struct LoadOptions {
 pub struct SessionConfig {
     /// Context length (KV cache positions); 0 means min(training context, 4096).
     pub context: usize,
-    /// Prefill chunk in tokens.
+    /// Prefill chunk in tokens (smaller when a KV budget needs it).
     pub chunk: usize,
+    /// KV budget and eviction policy.
+    pub kv: KvOptions,
 }
 
 impl Default for SessionConfig {
@@ -56,6 +59,7 @@ impl Default for SessionConfig {
         Self {
             context: 0,
             chunk: 512,
+            kv: KvOptions::default(),
         }
     }
 }
@@ -84,16 +88,19 @@ impl Forward for GpuForward {
         GpuForward::forward_all(self, tokens).map_err(Error::from)
     }
     fn len(&self) -> usize {
-        self.kv().len()
+        self.kv().position()
     }
     fn capacity(&self) -> usize {
-        self.kv().config.capacity
+        GpuForward::capacity(self)
     }
     fn reset(&mut self) {
         GpuForward::reset(self)
     }
     fn kv_bytes(&self) -> u64 {
         self.kv().kv_bytes()
+    }
+    fn kv_stats(&self) -> KvStats {
+        self.kv().stats()
     }
     fn device(&self) -> String {
         self.device_name()
@@ -121,6 +128,9 @@ impl Forward for CpuForward {
     }
     fn kv_bytes(&self) -> u64 {
         CpuForward::kv_bytes(self)
+    }
+    fn kv_stats(&self) -> KvStats {
+        CpuForward::kv_stats(self)
     }
     fn device(&self) -> String {
         format!("CPU ({} threads)", CpuForward::threads(self))
@@ -202,8 +212,14 @@ impl Model {
                 weights.clone(),
                 context,
                 cfg.chunk,
+                &cfg.kv,
             )?),
-            Backend::Cpu => Box::new(CpuForward::new(self.llama.clone(), context)),
+            Backend::Cpu => Box::new(CpuForward::new(
+                self.llama.clone(),
+                context,
+                cfg.chunk,
+                &cfg.kv,
+            )?),
         };
         Ok(Session::new(
             fwd,

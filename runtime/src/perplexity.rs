@@ -4,6 +4,10 @@
 //! with its first token replaced by BOS when the vocabulary adds one, and only the second
 //! half is scored: the logits at positions n_ctx/2 .. n_ctx-2 predict the next token.
 //! PPL = exp(mean negative log-likelihood).
+//!
+//! [`stream_perplexity`] is the long-context form for compressed caches: one stream of
+//! tokens fed in chunks through a single session, so that an evicting cache is compressed
+//! to its budget between chunks and every chunk is scored given what the cache kept.
 
 use crate::session::Forward;
 use crate::{Error, Result};
@@ -25,6 +29,73 @@ pub fn nll(logits: &[f32], target: u32) -> f64 {
     let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
     let sum: f64 = logits.iter().map(|&l| (l as f64 - m).exp()).sum();
     -(logits[target as usize] as f64 - m - sum.ln())
+}
+
+/// Perplexity of one stream: `tokens` (BOS first when the vocabulary adds one) fed in
+/// chunks of `chunk` through one session; every token after the first is scored from the
+/// logits of the token before it. Running PPL after each chunk goes to `progress`.
+pub fn stream_perplexity(
+    fwd: &mut dyn Forward,
+    tokens: &[u32],
+    chunk: usize,
+    n_vocab: usize,
+    progress: &mut dyn FnMut(usize, usize, f64),
+) -> Result<Perplexity> {
+    if tokens.len() < 2 || chunk == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "streaming perplexity needs at least 2 tokens and a chunk > 0, got {} and {chunk}",
+            tokens.len()
+        )));
+    }
+    if tokens.len() > fwd.capacity() {
+        return Err(Error::InvalidArgument(format!(
+            "{} tokens exceed the session context {} (raise --ctx-size, or set a KV policy)",
+            tokens.len(),
+            fwd.capacity()
+        )));
+    }
+    fwd.reset();
+    let n_chunks = tokens.len().div_ceil(chunk);
+    let (mut sum, mut sum2, mut count) = (0.0f64, 0.0f64, 0usize);
+    let mut running = Vec::with_capacity(n_chunks);
+    let mut prev: Option<Vec<f32>> = None; // logits of the token before this chunk
+    for (c, piece) in tokens.chunks(chunk).enumerate() {
+        let logits = fwd.forward_all(piece)?;
+        if logits.len() != piece.len() * n_vocab {
+            return Err(Error::ShapeMismatch {
+                what: "perplexity logits".into(),
+                expected: piece.len() * n_vocab,
+                got: logits.len(),
+            });
+        }
+        for (j, &target) in piece.iter().enumerate() {
+            let row = if j == 0 {
+                prev.as_deref()
+            } else {
+                Some(&logits[(j - 1) * n_vocab..j * n_vocab])
+            };
+            if let Some(row) = row {
+                let v = nll(row, target);
+                sum += v;
+                sum2 += v * v;
+                count += 1;
+            }
+        }
+        prev = Some(logits[(piece.len() - 1) * n_vocab..].to_vec());
+        let ppl = (sum / count.max(1) as f64).exp();
+        running.push(ppl);
+        progress(c + 1, n_chunks, ppl);
+    }
+    let mean = sum / count as f64;
+    let var = (sum2 / count as f64 - mean * mean).max(0.0);
+    let ppl = mean.exp();
+    Ok(Perplexity {
+        ppl,
+        ppl_err: ppl * (var / (count.max(2) - 1) as f64).sqrt(),
+        windows: n_chunks,
+        scored_tokens: count,
+        running,
+    })
 }
 
 /// Perplexity of `tokens` in windows of `n_ctx`, at most `max_windows` of them (0: all).
@@ -128,6 +199,9 @@ mod tests {
         }
         fn kv_bytes(&self) -> u64 {
             0
+        }
+        fn kv_stats(&self) -> crate::kv::KvStats {
+            crate::kv::KvStats::default()
         }
         fn device(&self) -> String {
             "test".into()

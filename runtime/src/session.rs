@@ -33,6 +33,8 @@ pub trait Forward: Send {
     fn reset(&mut self);
     /// Exact bytes of the KV cache.
     fn kv_bytes(&self) -> u64;
+    /// What the cache holds and has evicted.
+    fn kv_stats(&self) -> crate::kv::KvStats;
     /// Where it runs, for reports ("GPU llvmpipe (Vulkan)", "CPU 2 threads").
     fn device(&self) -> String;
 }
@@ -76,6 +78,8 @@ pub struct Stats {
     pub context_used: usize,
     pub context_size: usize,
     pub kv_bytes: u64,
+    /// Budget, slots used, tokens evicted.
+    pub kv: crate::kv::KvStats,
     pub last_finish: Option<FinishReason>,
 }
 
@@ -133,6 +137,7 @@ impl Session {
     pub fn stats(&self) -> Stats {
         let mut s = self.stats.clone();
         s.context_used = self.fwd.len();
+        s.kv = self.fwd.kv_stats();
         s
     }
 

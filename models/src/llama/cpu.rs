@@ -3,13 +3,18 @@
 //! are f32, dot products accumulate in f32 over 16 lanes (as llama.cpp's CPU backend
 //! does); the KV cache holds f16 like the GPU's.
 //! Projections are split over threads by weight rows (std::thread::scope).
+//! Eviction follows the GPU cache's rules (`kv::KvPlan`) with the kernels' CPU references
+//! for scoring, selection and compaction, so both devices drop the same tokens.
 
 use std::sync::Arc;
 
 use half::f16;
 use kvedge_runtime::gguf::TensorInfo;
-use kvedge_runtime::kernels::{add, attention, embed, kv_store, rmsnorm, rope, silu_mul};
-use kvedge_runtime::kv::KvCacheConfig;
+use kvedge_runtime::kernels::attn_score::{self, ScoreRange};
+use kvedge_runtime::kernels::{
+    add, attention, embed, kv_compact, kv_select, kv_store, rmsnorm, rope, silu_mul,
+};
+use kvedge_runtime::kv::{KvCacheConfig, KvOptions, KvPlan, KvPolicy, KvStats};
 use kvedge_runtime::quant::dequantize;
 
 use super::LlamaModel;
@@ -19,9 +24,17 @@ use crate::ModelError;
 pub struct CpuForward {
     model: Arc<LlamaModel>,
     cfg: KvCacheConfig,
+    plan: KvPlan,
     kc: Vec<Vec<f16>>,
     vc: Vec<Vec<f16>>,
-    len: usize,
+    /// Per layer [n_kv_heads][capacity] running scores (score-based policies).
+    scores: Vec<Vec<f32>>,
+    /// Slots used and tokens seen.
+    used: usize,
+    position: usize,
+    evicted: u64,
+    evictions: u64,
+    chunk: usize,
     threads: usize,
 }
 
@@ -107,35 +120,106 @@ pub fn matmul_rows(
 }
 
 impl CpuForward {
-    pub fn new(model: Arc<LlamaModel>, capacity: usize) -> Self {
+    /// A session of up to `context` positions (unbounded when `kv` evicts), running
+    /// prefill in chunks of at most `chunk` tokens.
+    pub fn new(
+        model: Arc<LlamaModel>,
+        context: usize,
+        chunk: usize,
+        kv: &KvOptions,
+    ) -> Result<Self, ModelError> {
         let hp = model.hp.clone();
+        if chunk == 0 || context == 0 {
+            return Err(ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(
+                "chunk and context must be positive".into(),
+            )));
+        }
+        let plan = KvPlan::new(kv, model.kv_geometry(), context, chunk)?;
         let cfg = KvCacheConfig {
             n_layers: hp.n_layers,
             n_kv_heads: hp.n_kv_heads,
             head_dim: hp.head_dim,
-            capacity,
+            capacity: plan.slots,
         };
-        let size = hp.n_kv_heads * capacity * hp.head_dim;
-        Self {
+        let size = hp.n_kv_heads * plan.slots * hp.head_dim;
+        let scores = if plan.policy.scores() {
+            vec![vec![0.0; hp.n_kv_heads * plan.slots]; hp.n_layers]
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
             model,
             cfg,
+            plan,
             kc: vec![vec![f16::ZERO; size]; hp.n_layers],
             vc: vec![vec![f16::ZERO; size]; hp.n_layers],
-            len: 0,
+            scores,
+            used: 0,
+            position: 0,
+            evicted: 0,
+            evictions: 0,
+            chunk: chunk.min(plan.max_chunk()),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        })
+    }
+
+    /// Tokens seen.
+    pub fn len(&self) -> usize {
+        self.position
+    }
+
+    /// Positions the session can reach: the context, or unbounded with eviction.
+    pub fn capacity(&self) -> usize {
+        if self.plan.evicts() {
+            u32::MAX as usize
+        } else {
+            self.cfg.capacity
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.cfg.capacity
-    }
-
     pub fn reset(&mut self) {
-        self.len = 0;
+        self.used = 0;
+        self.position = 0;
+    }
+
+    pub fn kv_stats(&self) -> KvStats {
+        KvStats {
+            plan: self.plan.describe(),
+            slots: self.cfg.capacity,
+            used: self.used,
+            evicted: self.evicted,
+            evictions: self.evictions,
+            kv_bytes: self.kv_bytes(),
+            aux_bytes: self.scores.iter().map(|s| s.len() as u64 * 4).sum(),
+        }
+    }
+
+    /// Drop every layer down to `plan.keep` slots, as `KvCache::evict` does on the GPU.
+    fn evict(&mut self) -> Result<(), ModelError> {
+        let n = self.used;
+        let nkv = self.cfg.n_kv_heads;
+        for l in 0..self.cfg.n_layers {
+            let sel = self.plan.select(n, l, self.evictions);
+            let zeros;
+            let score = match self.scores.get(l) {
+                Some(s) => s,
+                None => {
+                    zeros = vec![0.0; nkv * self.cfg.capacity];
+                    &zeros
+                }
+            };
+            let kept = kv_select::reference(nkv, self.cfg.capacity, &sel, score)?;
+            kv_compact::reference_f16(&self.cfg, sel.keep, &kept, &mut self.kc[l]);
+            kv_compact::reference_f16(&self.cfg, sel.keep, &kept, &mut self.vc[l]);
+            if let Some(s) = self.scores.get_mut(l) {
+                kv_compact::reference(&self.cfg, 1, sel.keep, &kept, s);
+            }
+        }
+        let keep = self.plan.keep.min(n);
+        self.evicted += (n - keep) as u64;
+        self.evictions += 1;
+        self.used = keep;
+        Ok(())
     }
 
     pub fn kv_bytes(&self) -> u64 {
@@ -151,7 +235,7 @@ impl CpuForward {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.position == 0
     }
 
     fn proj(&self, name: &str, x: &[f32], m: usize) -> Result<Vec<f32>, ModelError> {
@@ -160,20 +244,32 @@ impl CpuForward {
         matmul_rows(t, f.tensor_data(t), x, m, self.threads)
     }
 
-    /// Run `tokens` at the next positions; returns the logits of every token
-    /// ([tokens.len()][n_vocab]).
+    /// Run `tokens` at the next positions, chunk by chunk; returns the logits of every
+    /// token ([tokens.len()][n_vocab]).
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
-        let model = self.model.clone();
-        let hp = &model.hp;
         let m = tokens.len();
-        if m == 0 || self.len + m > self.cfg.capacity {
+        if m == 0 || (!self.plan.evicts() && self.used + m > self.cfg.capacity) {
             return Err(ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(
                 format!(
                     "CPU forward: {m} tokens at position {} do not fit a context of {}",
-                    self.len, self.cfg.capacity
+                    self.used, self.cfg.capacity
                 ),
             )));
         }
+        let mut out = Vec::with_capacity(m * self.model.hp.n_vocab);
+        for chunk in tokens.chunks(self.chunk) {
+            if self.plan.evicts() && self.used + chunk.len() > self.cfg.capacity {
+                self.evict()?;
+            }
+            out.extend(self.run_chunk(chunk)?);
+        }
+        Ok(out)
+    }
+
+    fn run_chunk(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let model = self.model.clone();
+        let hp = &model.hp;
+        let m = tokens.len();
         let e = hp.n_embd;
         let emb = model.file.tensor("token_embd.weight")?;
         let mut x = embed::reference(
@@ -183,7 +279,16 @@ impl CpuForward {
             emb.n_rows() as usize,
             tokens,
         )?;
-        let pos: Vec<u32> = (self.len..self.len + m).map(|p| p as u32).collect();
+        let pos: Vec<u32> = (self.position..self.position + m)
+            .map(|p| p as u32)
+            .collect();
+        // The scoring of the GPU pass (see gpu.rs).
+        let score_range = match self.plan.policy {
+            KvPolicy::H2o => Some((0, true)),
+            KvPolicy::Nacl if m == 1 => Some((0, true)),
+            KvPolicy::Nacl => Some((m - KvPlan::proxy_queries(m), false)),
+            _ => None,
+        };
         for l in 0..hp.n_layers {
             let b = |n: &str| format!("blk.{l}.{n}");
             let xn = rmsnorm::reference(&x, &model.vector(&b("attn_norm.weight"))?, e, hp.rms_eps);
@@ -197,8 +302,8 @@ impl CpuForward {
             }
             rope::reference(&mut q, &pos, &model.rope(hp.n_heads))?;
             rope::reference(&mut k, &pos, &model.rope(hp.n_kv_heads))?;
-            kv_store::reference(&self.cfg, &k, &mut self.kc[l], m, self.len);
-            kv_store::reference(&self.cfg, &v, &mut self.vc[l], m, self.len);
+            kv_store::reference(&self.cfg, &k, &mut self.kc[l], m, self.used);
+            kv_store::reference(&self.cfg, &v, &mut self.vc[l], m, self.used);
             let att = attention::reference(
                 &self.cfg,
                 hp.n_heads,
@@ -206,9 +311,19 @@ impl CpuForward {
                 &self.kc[l],
                 &self.vc[l],
                 m,
-                self.len,
+                self.used,
                 model.attn_scale(),
             )?;
+            if let (Some((q0, accumulate)), Some(scores)) = (score_range, self.scores.get_mut(l)) {
+                let r = ScoreRange {
+                    n_heads: hp.n_heads,
+                    n_tokens: m,
+                    n_past: self.used,
+                    q0,
+                    accumulate,
+                };
+                attn_score::reference(&self.cfg, &r, &q, &self.kc[l], scores, model.attn_scale())?;
+            }
             let o = self.proj(&b("attn_output.weight"), &att, m)?;
             add::reference(&mut x, &o);
             let xn = rmsnorm::reference(&x, &model.vector(&b("ffn_norm.weight"))?, e, hp.rms_eps);
@@ -220,7 +335,8 @@ impl CpuForward {
         }
         let xn = rmsnorm::reference(&x, &model.vector("output_norm.weight")?, e, hp.rms_eps);
         let logits = self.proj(model.output_name(), &xn, m)?;
-        self.len += m;
+        self.used += m;
+        self.position += m;
         Ok(logits)
     }
 }

@@ -8,10 +8,11 @@
 use std::sync::Arc;
 
 use kvedge_runtime::gpu::{GpuContext, GpuMatrix};
+use kvedge_runtime::kernels::attn_score::{self, ScoreRange};
 use kvedge_runtime::kernels::{
     add, attention, embed, kv_store, matmul, matvec, rmsnorm, rope, silu_mul,
 };
-use kvedge_runtime::kv::{KvCache, KvCacheConfig};
+use kvedge_runtime::kv::{KvCache, KvOptions, KvPlan, KvPolicy};
 use kvedge_runtime::{wgpu, Error};
 
 use super::LlamaModel;
@@ -133,6 +134,7 @@ struct Scratch {
     k: wgpu::Buffer,      // [chunk][n_kv_heads * head_dim]
     v: wgpu::Buffer,      // [chunk][n_kv_heads * head_dim]
     att: wgpu::Buffer,    // [chunk][n_heads * head_dim]
+    lse: wgpu::Buffer,    // [chunk][n_heads] attention log-sum-exp
     proj: wgpu::Buffer,   // [chunk][n_embd] output of Wo / Wdown
     gate: wgpu::Buffer,   // [chunk][n_ff]
     up: wgpu::Buffer,     // [chunk][n_ff]
@@ -163,29 +165,25 @@ pub struct GpuForward {
 }
 
 impl GpuForward {
-    /// A session holding up to `capacity` positions, running prefill in chunks of `chunk`.
+    /// A session of up to `context` positions (unbounded when `kv` evicts), running
+    /// prefill in chunks of at most `chunk` tokens.
     pub fn new(
         ctx: Arc<GpuContext>,
         model: Arc<LlamaModel>,
         w: Arc<GpuWeights>,
-        capacity: usize,
+        context: usize,
         chunk: usize,
+        kv: &KvOptions,
     ) -> Result<Self, ModelError> {
         let hp = &model.hp;
-        if chunk == 0 || capacity == 0 {
+        if chunk == 0 || context == 0 {
             return Err(ModelError::Runtime(Error::InvalidArgument(
                 "chunk and context must be positive".into(),
             )));
         }
-        let kv = KvCache::new(
-            &ctx,
-            KvCacheConfig {
-                n_layers: hp.n_layers,
-                n_kv_heads: hp.n_kv_heads,
-                head_dim: hp.head_dim,
-                capacity,
-            },
-        )?;
+        let plan = KvPlan::new(kv, model.kv_geometry(), context, chunk)?;
+        let chunk = chunk.min(plan.max_chunk());
+        let kv = KvCache::new(&ctx, model.kv_geometry(), plan)?;
         let f = |name: &str, n: usize| ctx.storage_f32(name, n);
         let (e, qd, kvd) = (
             hp.n_embd,
@@ -201,6 +199,7 @@ impl GpuForward {
             k: f("k", chunk * kvd)?,
             v: f("v", chunk * kvd)?,
             att: f("att", chunk * qd)?,
+            lse: f("lse", chunk * hp.n_heads)?,
             proj: f("proj", chunk * e)?,
             gate: f("gate", chunk * hp.n_ff)?,
             up: f("up", chunk * hp.n_ff)?,
@@ -247,13 +246,22 @@ impl GpuForward {
         }
     }
 
+    /// Positions the session can reach: the context, or unbounded with eviction.
+    pub fn capacity(&self) -> usize {
+        if self.kv.plan.evicts() {
+            u32::MAX as usize
+        } else {
+            self.kv.config.capacity
+        }
+    }
+
     fn check_fit(&self, tokens: &[u32]) -> Result<(), ModelError> {
         if tokens.is_empty() {
             return Err(ModelError::Runtime(Error::InvalidArgument(
                 "no tokens to run".into(),
             )));
         }
-        if tokens.len() > self.kv.free() {
+        if !self.kv.plan.evicts() && tokens.len() > self.kv.free() {
             return Err(ModelError::Runtime(Error::InvalidArgument(format!(
                 "{} tokens do not fit: the context holds {} and {} are used",
                 tokens.len(),
@@ -289,7 +297,7 @@ impl GpuForward {
             let rows = ((self.ctx.max_binding() as usize / (vocab * 4)).min(self.chunk)).max(1);
             self.logits_all = Some((self.ctx.storage_f32("logits_all", rows * vocab)?, rows));
         }
-        let rows = self.logits_all.as_ref().map_or(1, |l| l.1);
+        let rows = self.logits_all.as_ref().map_or(1, |l| l.1).min(self.chunk);
         let mut out = Vec::with_capacity(tokens.len() * vocab);
         for chunk in tokens.chunks(rows) {
             self.run_chunk(chunk, Logits::All)?;
@@ -301,10 +309,24 @@ impl GpuForward {
     }
 
     fn run_chunk(&mut self, tokens: &[u32], logits: Logits) -> Result<(), ModelError> {
+        let m = tokens.len();
+        if self.kv.needs_eviction(m) {
+            let mut enc = self.ctx.encoder("evict");
+            self.kv.evict(&self.ctx, &mut enc)?;
+            self.ctx.queue.submit([enc.finish()]);
+        }
         let (ctx, model, w, s) = (&*self.ctx, &*self.model, &*self.w, &self.s);
         let hp = &model.hp;
-        let m = tokens.len();
-        let pos0 = self.kv.len();
+        let pos0 = self.kv.position();
+        let n_past = self.kv.len();
+        // NACL scores keys by the chunk's last tokens (proxy queries) and, in decode, adds
+        // each generated token's attention; H2O adds every query's.
+        let score_range = match self.kv.plan.policy {
+            KvPolicy::H2o => Some((0, true)),
+            KvPolicy::Nacl if m == 1 => Some((0, true)),
+            KvPolicy::Nacl => Some((m - KvPlan::proxy_queries(m), false)),
+            _ => None,
+        };
         let positions: Vec<u32> = (pos0..pos0 + m).map(|p| p as u32).collect();
         ctx.queue
             .write_buffer(&s.ids, 0, bytemuck::cast_slice(tokens));
@@ -340,7 +362,7 @@ impl GpuForward {
                 &self.kv.k[l],
                 &self.kv.v[l],
                 m,
-                pos0,
+                n_past,
             )?;
             attention::record(
                 ctx,
@@ -351,10 +373,31 @@ impl GpuForward {
                 &self.kv.k[l],
                 &self.kv.v[l],
                 &s.att,
+                &s.lse,
                 m,
-                pos0,
+                n_past,
                 model.attn_scale(),
             )?;
+            if let (Some((q0, accumulate)), Some(scores)) = (score_range, self.kv.scores(l)) {
+                let r = ScoreRange {
+                    n_heads: hp.n_heads,
+                    n_tokens: m,
+                    n_past,
+                    q0,
+                    accumulate,
+                };
+                attn_score::record(
+                    ctx,
+                    &mut enc,
+                    &self.kv.config,
+                    &r,
+                    &s.q,
+                    &self.kv.k[l],
+                    &s.lse,
+                    scores,
+                    model.attn_scale(),
+                )?;
+            }
             self.proj(&mut enc, &lw.wo, &s.att, &s.proj, m)?;
             add::record(ctx, &mut enc, &s.x, &s.proj, m * e, m * e)?;
             rmsnorm::record(ctx, &mut enc, &s.x, &lw.ffn_norm, &s.xn, e, m, hp.rms_eps)?;

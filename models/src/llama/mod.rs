@@ -107,6 +107,15 @@ impl LlamaModel {
         }
     }
 
+    /// The KV cache's shape.
+    pub fn kv_geometry(&self) -> kvedge_runtime::kv::KvGeometry {
+        kvedge_runtime::kv::KvGeometry {
+            n_layers: self.hp.n_layers,
+            n_kv_heads: self.hp.n_kv_heads,
+            head_dim: self.hp.head_dim,
+        }
+    }
+
     /// Attention score scale, 1/sqrt(head_dim).
     pub fn attn_scale(&self) -> f32 {
         1.0 / (self.hp.head_dim as f32).sqrt()

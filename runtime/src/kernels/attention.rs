@@ -1,5 +1,5 @@
 //! Causal grouped-query attention over the f16 KV cache (`shaders/attention.wgsl`) for a
-//! chunk of queries at positions `pos0..pos0 + n_tokens` (prefill) or a single query
+//! chunk of queries in cache slots `n_past..n_past + n_tokens` (prefill) or a single query
 //! (decode). Online softmax over blocks of keys (FlashAttention, Dao et al., 2022), so
 //! memory stays O(head_dim) per (query, head) at any context length.
 
@@ -24,13 +24,13 @@ pub struct AttentionParams {
     pub n_kv_heads: u32,
     pub n_tokens: u32,
     pub capacity: u32,
-    pub pos0: u32,
+    pub n_past: u32,
     pub scale: f32,
     pub grid_x: u32,
 }
 const _: () = assert!(std::mem::size_of::<AttentionParams>() == 32);
 
-fn validate(cfg: &KvCacheConfig, n_heads: usize, n_tokens: usize, pos0: usize) -> Result<()> {
+fn validate(cfg: &KvCacheConfig, n_heads: usize, n_tokens: usize, n_past: usize) -> Result<()> {
     if cfg.head_dim > MAX_HEAD_DIM || !cfg.head_dim.is_multiple_of(2) {
         return Err(Error::InvalidArgument(format!(
             "attention: head dim must be even and at most {MAX_HEAD_DIM}, got {}",
@@ -43,10 +43,10 @@ fn validate(cfg: &KvCacheConfig, n_heads: usize, n_tokens: usize, pos0: usize) -
             cfg.n_kv_heads
         )));
     }
-    if pos0 + n_tokens > cfg.capacity {
+    if n_past + n_tokens > cfg.capacity {
         return Err(Error::InvalidArgument(format!(
             "attention: positions up to {} exceed the cache capacity {}",
-            pos0 + n_tokens,
+            n_past + n_tokens,
             cfg.capacity
         )));
     }
@@ -54,7 +54,8 @@ fn validate(cfg: &KvCacheConfig, n_heads: usize, n_tokens: usize, pos0: usize) -
 }
 
 /// Record attention of `q` ([n_tokens][n_heads][head_dim]) over cache slots
-/// `0..=pos0 + t` into `out` (same shape as q). Scores are scaled by `scale`
+/// `0..=n_past + t` into `out` (same shape as q), and the log-sum-exp of each (query,
+/// head)'s scaled scores into `lse` ([n_tokens][n_heads]). Scores are scaled by `scale`
 /// (1/sqrt(head_dim) for llama and qwen2).
 #[allow(clippy::too_many_arguments)]
 pub fn record(
@@ -66,14 +67,16 @@ pub fn record(
     kc: &wgpu::Buffer,
     vc: &wgpu::Buffer,
     out: &wgpu::Buffer,
+    lse: &wgpu::Buffer,
     n_tokens: usize,
-    pos0: usize,
+    n_past: usize,
     scale: f32,
 ) -> Result<()> {
-    validate(cfg, n_heads, n_tokens, pos0)?;
+    validate(cfg, n_heads, n_tokens, n_past)?;
     let n = n_tokens * n_heads * cfg.head_dim;
     need_f32("attention q", q, n)?;
     need_f32("attention out", out, n)?;
+    need_f32("attention lse", lse, n_tokens * n_heads)?;
     let pipeline = plain_pipeline(ctx, "attention", WGSL)?;
     let groups = grid(to_u32("attention", n_tokens * n_heads)?, ctx.max_groups());
     let params = AttentionParams {
@@ -82,12 +85,12 @@ pub fn record(
         n_kv_heads: cfg.n_kv_heads as u32,
         n_tokens: n_tokens as u32,
         capacity: cfg.capacity as u32,
-        pos0: pos0 as u32,
+        n_past: n_past as u32,
         scale,
         grid_x: groups.0,
     };
     let ub = ctx.uniform("attention.params", &params);
-    let bg = ctx.bind("attention", &pipeline, &[q, kc, vc, out, &ub]);
+    let bg = ctx.bind("attention", &pipeline, &[q, kc, vc, out, lse, &ub]);
     ctx.dispatch(encoder, "attention", &pipeline, &bg, groups);
     Ok(())
 }
@@ -102,13 +105,13 @@ pub fn reference(
     kc: &[f16],
     vc: &[f16],
     n_tokens: usize,
-    pos0: usize,
+    n_past: usize,
     scale: f32,
 ) -> Result<Vec<f32>> {
-    validate(cfg, n_heads, n_tokens, pos0)?;
+    validate(cfg, n_heads, n_tokens, n_past)?;
     let hd = cfg.head_dim;
     let group = n_heads / cfg.n_kv_heads;
-    let total = pos0 + n_tokens;
+    let total = n_past + n_tokens;
     let mut out = vec![0.0f32; n_tokens * n_heads * hd];
     let mut scores = Vec::with_capacity(total);
     for kvh in 0..cfg.n_kv_heads {
@@ -122,7 +125,7 @@ pub fn reference(
         let (k, v) = (widen(kc), widen(vc));
         for h in kvh * group..(kvh + 1) * group {
             for t in 0..n_tokens {
-                let n_keys = pos0 + t + 1;
+                let n_keys = n_past + t + 1;
                 let qv = &q[(t * n_heads + h) * hd..][..hd];
                 scores.clear();
                 scores.extend((0..n_keys).map(|j| {
@@ -163,17 +166,17 @@ mod tests {
         head_dim: usize,
         n_heads: usize,
         n_kv_heads: usize,
-        pos0: usize,
+        n_past: usize,
         n_tokens: usize,
     ) {
         let cfg = KvCacheConfig {
             n_layers: 1,
             n_kv_heads,
             head_dim,
-            capacity: pos0 + n_tokens + 3,
+            capacity: n_past + n_tokens + 3,
         };
-        let mut rng = SplitMix64::new(test_seed((head_dim * 1000 + pos0) as u64));
-        let total = pos0 + n_tokens;
+        let mut rng = SplitMix64::new(test_seed((head_dim * 1000 + n_past) as u64));
+        let total = n_past + n_tokens;
         let k = rng.vec_f32(total * n_kv_heads * head_dim, -1.5, 1.5);
         let v = rng.vec_f32(total * n_kv_heads * head_dim, -1.0, 1.0);
         let q = rng.vec_f32(n_tokens * n_heads * head_dim, -1.5, 1.5);
@@ -183,11 +186,12 @@ mod tests {
         let (gk, gv) = (ctx.upload("k", &k).unwrap(), ctx.upload("v", &v).unwrap());
         let gq = ctx.upload("q", &q).unwrap();
         let out = ctx.storage_f32("out", q.len()).unwrap();
+        let lse = ctx.storage_f32("lse", n_tokens * n_heads).unwrap();
         let scale = 1.0 / (head_dim as f32).sqrt();
         let mut enc = ctx.encoder("test");
         kv_store::record(ctx, &mut enc, &cfg, &gk, &gv, &kc, &vc, total, 0).unwrap();
         record(
-            ctx, &mut enc, &cfg, n_heads, &gq, &kc, &vc, &out, n_tokens, pos0, scale,
+            ctx, &mut enc, &cfg, n_heads, &gq, &kc, &vc, &out, &lse, n_tokens, n_past, scale,
         )
         .unwrap();
         ctx.submit_wait(enc).unwrap();
@@ -204,10 +208,10 @@ mod tests {
         let kr32: Vec<f32> = kr.iter().map(|x| x.to_f32()).collect();
         assert_close(&format!("kv_store hd{head_dim}"), &kc_got, &kr32, 0.0);
 
-        let want = reference(&cfg, n_heads, &q, &kr, &vr, n_tokens, pos0, scale).unwrap();
+        let want = reference(&cfg, n_heads, &q, &kr, &vr, n_tokens, n_past, scale).unwrap();
         let got = ctx.read_f32(&out, q.len()).unwrap();
         assert_close(
-            &format!("attention hd{head_dim} h{n_heads}/{n_kv_heads} pos0 {pos0} n {n_tokens}"),
+            &format!("attention hd{head_dim} h{n_heads}/{n_kv_heads} n_past {n_past} n {n_tokens}"),
             &got,
             &want,
             1e-5,

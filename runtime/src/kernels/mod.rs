@@ -11,8 +11,11 @@
 
 pub mod add;
 pub mod attention;
+pub mod attn_score;
 pub mod check;
 pub mod embed;
+pub mod kv_compact;
+pub mod kv_select;
 pub mod kv_store;
 pub mod matmul;
 pub mod matvec;

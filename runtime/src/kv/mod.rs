@@ -1,6 +1,9 @@
-//! The KV cache: storage, budgets and memory accounting. This version holds the full
-//! cache in f16; eviction policies, quantized storage and low-rank latents slot in here.
+//! The KV cache: storage, budgets, eviction and memory accounting. [`KvPlan`] resolves a
+//! session's [`KvOptions`] (budget, policy) into slots; [`KvCache`] holds the f16 K and V
+//! of every layer on the GPU, with the per-slot scores the score-based policies keep.
 
 mod cache;
+mod config;
 
-pub use cache::{KvCache, KvCacheConfig};
+pub use cache::{KvCache, KvCacheConfig, KvStats};
+pub use config::{KvBudget, KvGeometry, KvOptions, KvPlan, KvPolicy};

@@ -1,0 +1,367 @@
+//! What a session's KV cache may hold: the budget (tokens or bytes), the eviction policy
+//! and its split of the budget, resolved against the model's geometry into a [`KvPlan`].
+//!
+//! The budget is the allocation: a cache with a budget of B slots never allocates more
+//! and never holds more. It evicts in amortized batches: when the next chunk (or decoded
+//! token) does not fit, every layer and KV head is cut down to B minus a headroom of
+//! max(16, B/8) slots (at most the prefill chunk), so one eviction pass serves many
+//! tokens. Prefill then runs in chunks of at most the headroom.
+//!
+//! Splits of the kept slots (`keep` = B - headroom):
+//! - `window` (StreamingLLM): `sinks` first slots + the most recent slots.
+//! - `h2o` (Zhang et al., 2023): sinks, the most recent half, the rest by accumulated
+//!   attention (every query seen so far, prefill and decode).
+//! - `nacl` (Chen et al., 2024): of the kept slots 5% protected (sinks, then recent),
+//!   60% by proxy-query attention, 35% sampled at random with probability proportional to
+//!   softmax(score) — the paper's 1% / 12% / 7% split of a 20% budget. Proxy queries are
+//!   the last max(32, 1%) tokens of each prefill chunk; a prompt that fits the budget
+//!   is evicted once, after its last chunk, by its own question. During decode the
+//!   attention of each generated token is added to the proxy scores (as H2O does), so
+//!   when generation fills the budget the same split applies with scores that include
+//!   what was generated.
+
+use std::str::FromStr;
+
+use crate::kernels::kv_select::SelectPlan;
+use crate::{Error, Result};
+
+/// How much KV cache a session may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvBudget {
+    /// Slots per layer and KV head.
+    Tokens(usize),
+    /// Bytes of the whole cache (K and V of every layer).
+    Bytes(u64),
+}
+
+impl FromStr for KvBudget {
+    type Err = String;
+    /// `2048` (tokens) or a size with a unit: `64MiB`, `512KiB`, `1GiB`, `100MB`, `4096B`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| {
+            format!("KV budget '{s}': expected a token count (2048) or a size (64MiB)")
+        })?;
+        let mult: u64 = match unit.trim() {
+            "" => {
+                return usize::try_from(n)
+                    .map(KvBudget::Tokens)
+                    .map_err(|_| format!("KV budget '{s}' is too large"))
+            }
+            "B" => 1,
+            "KB" => 1000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            other => return Err(format!(
+                "KV budget '{s}': unknown unit '{other}' (expected B, KB, MB, GB, KiB, MiB or GiB)"
+            )),
+        };
+        n.checked_mul(mult)
+            .map(KvBudget::Bytes)
+            .ok_or_else(|| format!("KV budget '{s}' is too large"))
+    }
+}
+
+/// Which tokens an over-budget cache drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KvPolicy {
+    /// Keep everything (the context length bounds the session).
+    #[default]
+    Full,
+    Window,
+    H2o,
+    Nacl,
+}
+
+impl KvPolicy {
+    pub const NAMES: &'static str = "full, window, h2o, nacl";
+
+    /// Whether the policy ranks slots by a running attention score.
+    pub fn scores(self) -> bool {
+        matches!(self, KvPolicy::H2o | KvPolicy::Nacl)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvPolicy::Full => "full",
+            KvPolicy::Window => "window",
+            KvPolicy::H2o => "h2o",
+            KvPolicy::Nacl => "nacl",
+        }
+    }
+}
+
+impl FromStr for KvPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "full" => Ok(KvPolicy::Full),
+            "window" => Ok(KvPolicy::Window),
+            "h2o" => Ok(KvPolicy::H2o),
+            "nacl" => Ok(KvPolicy::Nacl),
+            other => Err(format!(
+                "unknown KV policy '{other}': expected one of {}",
+                Self::NAMES
+            )),
+        }
+    }
+}
+
+/// The KV settings of a session, as a user gives them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvOptions {
+    pub budget: Option<KvBudget>,
+    pub policy: KvPolicy,
+    /// Attention-sink slots every policy protects.
+    pub sinks: usize,
+    /// Seed of NACL's random sample.
+    pub seed: u64,
+}
+
+impl Default for KvOptions {
+    fn default() -> Self {
+        Self {
+            budget: None,
+            policy: KvPolicy::Full,
+            sinks: 4,
+            seed: 0,
+        }
+    }
+}
+
+/// The shape of a cache, for turning byte budgets into slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvGeometry {
+    pub n_layers: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvGeometry {
+    /// Bytes one slot takes across all layers, K and V, f16.
+    pub fn bytes_per_slot(&self) -> u64 {
+        (2 * self.n_layers * self.n_kv_heads * self.head_dim * 2) as u64
+    }
+}
+
+/// A resolved configuration: how many slots to allocate and how evictions split them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvPlan {
+    pub policy: KvPolicy,
+    /// Slots allocated per layer and KV head (the budget, or the context when full).
+    pub slots: usize,
+    /// Slots kept by an eviction (slots - headroom); equals `slots` for the full cache.
+    pub keep: usize,
+    pub sinks: usize,
+    pub seed: u64,
+}
+
+impl KvPlan {
+    /// Resolve `opts` for a session of `context` positions prefilled in chunks of `chunk`.
+    pub fn new(opts: &KvOptions, geom: KvGeometry, context: usize, chunk: usize) -> Result<Self> {
+        let slots = match (opts.policy, opts.budget) {
+            (KvPolicy::Full, None) => {
+                return Ok(Self {
+                    policy: KvPolicy::Full,
+                    slots: context,
+                    keep: context,
+                    sinks: 0,
+                    seed: opts.seed,
+                })
+            }
+            (KvPolicy::Full, Some(b)) => {
+                return Err(Error::InvalidArgument(format!(
+                    "a KV budget ({b:?}) needs an eviction policy ({}) to stay within it",
+                    "window, h2o or nacl"
+                )))
+            }
+            (p, None) => {
+                return Err(Error::InvalidArgument(format!(
+                    "KV policy '{}' needs a budget (--kv-budget 2048 or --kv-budget 64MiB)",
+                    p.name()
+                )))
+            }
+            (_, Some(KvBudget::Tokens(n))) => n,
+            (_, Some(KvBudget::Bytes(b))) => (b / geom.bytes_per_slot()) as usize,
+        };
+        let min = opts.sinks + 32;
+        if slots < min {
+            return Err(Error::InvalidArgument(format!(
+                "KV budget of {slots} slots is too small: the policy needs at least {min} \
+                 ({} sinks + 32), at {} bytes per slot",
+                opts.sinks,
+                geom.bytes_per_slot()
+            )));
+        }
+        let headroom = (slots / 8).max(16).min(chunk.max(1));
+        Ok(Self {
+            policy: opts.policy,
+            slots,
+            keep: slots - headroom,
+            sinks: opts.sinks,
+            seed: opts.seed,
+        })
+    }
+
+    /// Whether the cache ever evicts.
+    pub fn evicts(&self) -> bool {
+        self.policy != KvPolicy::Full
+    }
+
+    /// Most tokens one prefill chunk may have so that it fits after an eviction.
+    pub fn max_chunk(&self) -> usize {
+        if self.evicts() {
+            self.slots - self.keep
+        } else {
+            self.slots
+        }
+    }
+
+    /// The selection for an eviction of `n` slots in use down to `keep`, in `layer`, the
+    /// `epoch`-th eviction of the session.
+    pub fn select(&self, n: usize, layer: usize, epoch: u64) -> SelectPlan {
+        let keep = self.keep.min(n);
+        let sinks = self.sinks.min(keep);
+        let rest = keep - sinks;
+        let (recent, n_score, n_random) = match self.policy {
+            KvPolicy::Full | KvPolicy::Window => (rest, 0, 0),
+            KvPolicy::H2o => (rest / 2, rest - rest / 2, 0),
+            KvPolicy::Nacl => {
+                let recent = (keep / 20).saturating_sub(sinks).min(rest);
+                let n_score = ((rest - recent) * 12).div_ceil(19);
+                (recent, n_score, rest - recent - n_score)
+            }
+        };
+        SelectPlan {
+            n,
+            keep,
+            sinks,
+            recent,
+            n_score,
+            n_random,
+            seed: (self.seed ^ (self.seed >> 32)) as u32,
+            salt: (layer as u32).wrapping_mul(0x85eb_ca6b) ^ (epoch as u32),
+        }
+    }
+
+    /// How many of a chunk's queries score the keys for NACL (the proxy queries).
+    pub fn proxy_queries(n_tokens: usize) -> usize {
+        n_tokens.min((n_tokens / 100).max(32))
+    }
+
+    /// A one-line description for reports.
+    pub fn describe(&self) -> String {
+        if self.evicts() {
+            format!(
+                "{} budget {} slots (evicts to {}), {} sinks",
+                self.policy.name(),
+                self.slots,
+                self.keep,
+                self.sinks
+            )
+        } else {
+            format!("full {} slots", self.slots)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: KvGeometry = KvGeometry {
+        n_layers: 30,
+        n_kv_heads: 3,
+        head_dim: 64,
+    };
+
+    #[test]
+    fn budgets_parse_with_units_and_reject_nonsense() {
+        assert_eq!("2048".parse::<KvBudget>(), Ok(KvBudget::Tokens(2048)));
+        assert_eq!("64MiB".parse::<KvBudget>(), Ok(KvBudget::Bytes(64 << 20)));
+        assert_eq!(
+            "100MB".parse::<KvBudget>(),
+            Ok(KvBudget::Bytes(100_000_000))
+        );
+        for bad in [
+            "",
+            "MiB",
+            "12 parsecs",
+            "-5",
+            "1.5GiB",
+            "99999999999999999999GiB",
+        ] {
+            let e = bad.parse::<KvBudget>().unwrap_err();
+            assert!(e.contains("KV budget"), "{bad}: {e}");
+        }
+        assert!("lru"
+            .parse::<KvPolicy>()
+            .unwrap_err()
+            .contains("window, h2o, nacl"));
+    }
+
+    #[test]
+    fn plans_split_the_budget_and_bytes_become_slots() {
+        let opts = |policy, budget| KvOptions {
+            budget,
+            policy,
+            ..KvOptions::default()
+        };
+        let full = KvPlan::new(&opts(KvPolicy::Full, None), G, 8192, 512).unwrap();
+        assert_eq!((full.slots, full.keep, full.evicts()), (8192, 8192, false));
+        assert!(KvPlan::new(
+            &opts(KvPolicy::Full, Some(KvBudget::Tokens(100))),
+            G,
+            8192,
+            512
+        )
+        .is_err());
+        assert!(KvPlan::new(&opts(KvPolicy::H2o, None), G, 8192, 512).is_err());
+        assert!(KvPlan::new(
+            &opts(KvPolicy::H2o, Some(KvBudget::Tokens(20))),
+            G,
+            8192,
+            512
+        )
+        .is_err());
+        // SmolLM2: 23040 bytes per slot, so 64 MiB is 2912 slots.
+        let p = KvPlan::new(
+            &opts(KvPolicy::Window, Some(KvBudget::Bytes(64 << 20))),
+            G,
+            8192,
+            512,
+        )
+        .unwrap();
+        assert_eq!(G.bytes_per_slot(), 23040);
+        assert_eq!(p.slots, (64 << 20) / 23040);
+        assert_eq!(p.keep, p.slots - 364);
+        for policy in [KvPolicy::Window, KvPolicy::H2o, KvPolicy::Nacl] {
+            let p = KvPlan::new(&opts(policy, Some(KvBudget::Tokens(1638))), G, 8192, 512).unwrap();
+            assert!(p.max_chunk() <= 512 && p.keep + p.max_chunk() == p.slots);
+            for n in [p.keep, p.slots, p.slots - 1] {
+                let s = p.select(n, 3, 7);
+                s.validate(p.slots).unwrap();
+                assert_eq!(s.keep, p.keep.min(n));
+                assert_eq!(s.sinks, 4);
+            }
+        }
+        let s = KvPlan::new(
+            &opts(KvPolicy::Nacl, Some(KvBudget::Tokens(1000))),
+            G,
+            8192,
+            512,
+        )
+        .unwrap()
+        .select(1000, 0, 0);
+        // keep 875: 43 protected (4 sinks + 39 recent), then 12:7 of the rest by score and at random.
+        assert_eq!(
+            (s.keep, s.sinks, s.recent, s.n_score, s.n_random),
+            (875, 4, 39, 526, 306)
+        );
+    }
+}
