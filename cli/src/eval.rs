@@ -103,7 +103,6 @@ pub fn run(cmd: &EvalCommand) -> Result<(), Box<dyn std::error::Error>> {
         );
         return Ok(());
     }
-    let mut session = session;
     let bos = if tok.add_bos { tok.bos } else { None };
     eprintln!(
         "{}: {} tokens, windows of {} ({} available), device {}",

@@ -79,12 +79,23 @@ pub fn record(
         _pad: [0; 2],
     };
     let ub = ctx.uniform("kv_compact.params", &params);
-    // Without scores the score bindings get the kept list, which the shader never touches.
-    let (ss, ds) = (src.score.unwrap_or(kept), dst.score.unwrap_or(kept));
-    if let (Some(s), Some(d)) = (src.score, dst.score) {
-        need_f32("kv_compact src score", s, cfg.n_kv_heads * cfg.capacity)?;
-        need_f32("kv_compact dst score", d, cfg.n_kv_heads * cfg.capacity)?;
-    }
+    // Without scores the score bindings get two one-word placeholders the shader never
+    // touches (a buffer may not be bound read-only and writable in one dispatch).
+    let placeholders;
+    let (ss, ds) = match (src.score, dst.score) {
+        (Some(s), Some(d)) => {
+            need_f32("kv_compact src score", s, cfg.n_kv_heads * cfg.capacity)?;
+            need_f32("kv_compact dst score", d, cfg.n_kv_heads * cfg.capacity)?;
+            (s, d)
+        }
+        _ => {
+            placeholders = (
+                ctx.storage_f32("kv_compact.no_score", 1)?,
+                ctx.storage_f32("kv_compact.no_score", 1)?,
+            );
+            (&placeholders.0, &placeholders.1)
+        }
+    };
     let bg = ctx.bind(
         "kv_compact",
         &pipeline,
@@ -189,6 +200,22 @@ mod tests {
                 score: Some(&ds),
             };
             record(ctx, &mut enc, &cfg, keep, &gk, &src, &dst).unwrap();
+            // And without scores (the window policy), into a second pair of buffers.
+            let (dk2, dv2) = (
+                ctx.storage_f32("dk2", words).unwrap(),
+                ctx.storage_f32("dv2", words).unwrap(),
+            );
+            let src2 = LayerBuffers {
+                k: &sk,
+                v: &sv,
+                score: None,
+            };
+            let dst2 = LayerBuffers {
+                k: &dk2,
+                v: &dv2,
+                score: None,
+            };
+            record(ctx, &mut enc, &cfg, keep, &gk, &src2, &dst2).unwrap();
             ctx.submit_wait(enc).unwrap();
             let (mut wk, mut wv, mut ws) = (k.clone(), v.clone(), s.clone());
             reference_f16(&cfg, keep, &kept, &mut wk);
@@ -202,10 +229,13 @@ mod tests {
                 read16(&dv),
                 ctx.read_f32(&ds, nkv * cap).unwrap(),
             );
+            let (gk2, gv2) = (read16(&dk2), read16(&dv2));
             for h in 0..nkv {
                 let r = h * cap * hd..(h * cap + keep) * hd;
                 assert_eq!(gk[r.clone()], wk[r.clone()], "K head {h}");
-                assert_eq!(gv[r.clone()], wv[r], "V head {h}");
+                assert_eq!(gv[r.clone()], wv[r.clone()], "V head {h}");
+                assert_eq!(gk2[r.clone()], wk[r.clone()], "K head {h}, no scores");
+                assert_eq!(gv2[r.clone()], wv[r], "V head {h}, no scores");
                 assert_eq!(
                     gs[h * cap..h * cap + keep],
                     ws[h * cap..h * cap + keep],

@@ -277,3 +277,149 @@ impl KvCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::*;
+    use crate::kernels::check::{assert_close, test_context, test_seed};
+    use crate::kernels::{attention, kv_store};
+    use crate::kv::{KvBudget, KvOptions, KvPolicy};
+    use crate::rng::SplitMix64;
+
+    fn read_f16(ctx: &GpuContext, b: &wgpu::Buffer, n: usize) -> Vec<f16> {
+        let w = ctx.read_f32(b, n / 2).unwrap();
+        bytemuck::cast_slice::<f32, f16>(&w).to_vec()
+    }
+
+    /// Fill a cache past its budget with random K/V, evict on the GPU, and check the
+    /// invariants: the budget holds, sinks stay in the first slots, and for `window`
+    /// attention over the compacted cache equals dense attention over the original cache
+    /// under a sink+window mask.
+    fn evict_and_check(policy: KvPolicy) {
+        let Some(ctx) = test_context() else { return };
+        let geom = KvGeometry {
+            n_layers: 2,
+            n_kv_heads: 2,
+            head_dim: 64,
+        };
+        let opts = KvOptions {
+            budget: Some(KvBudget::Tokens(80)),
+            policy,
+            sinks: 4,
+            seed: 3,
+        };
+        let plan = KvPlan::new(&opts, geom, 1 << 20, 512).unwrap();
+        let mut cache = KvCache::new(ctx, geom, plan).unwrap();
+        let cfg = cache.config;
+        let n = cfg.capacity; // fill every slot
+        let mut rng = SplitMix64::new(test_seed(policy as u64 + 500));
+        let width = cfg.n_kv_heads * cfg.head_dim;
+        let (k, v) = (
+            rng.vec_f32(n * width, -1.0, 1.0),
+            rng.vec_f32(n * width, -1.0, 1.0),
+        );
+        let (gk, gv) = (ctx.upload("k", &k).unwrap(), ctx.upload("v", &v).unwrap());
+        if let Some(s) = cache.scores(0) {
+            ctx.queue.write_buffer(
+                s,
+                0,
+                bytemuck::cast_slice(&rng.vec_f32(cfg.n_kv_heads * n, 0.0, 1.0)),
+            );
+        }
+        let mut enc = ctx.encoder("fill");
+        for l in 0..cfg.n_layers {
+            kv_store::record(
+                ctx,
+                &mut enc,
+                &cfg,
+                &gk,
+                &gv,
+                &cache.k[l],
+                &cache.v[l],
+                n,
+                0,
+            )
+            .unwrap();
+        }
+        ctx.submit_wait(enc).unwrap();
+        cache.advance(n).unwrap();
+        assert!(cache.needs_eviction(1));
+        let mut enc = ctx.encoder("evict");
+        cache.evict(ctx, &mut enc).unwrap();
+        ctx.submit_wait(enc).unwrap();
+        let keep = plan.keep;
+        assert_eq!(cache.len(), keep);
+        assert_eq!(cache.position(), n, "positions are not rewound");
+        assert_eq!(cache.stats().evicted, (n - keep) as u64);
+
+        let mut full_k = vec![f16::ZERO; (cfg.layer_bytes() / 2) as usize];
+        kv_store::reference(&cfg, &k, &mut full_k, n, 0);
+        let got_k = read_f16(ctx, &cache.k[0], full_k.len());
+        let hd = cfg.head_dim;
+        for h in 0..cfg.n_kv_heads {
+            let base = h * cfg.capacity * hd;
+            assert_eq!(
+                got_k[base..base + 4 * hd],
+                full_k[base..base + 4 * hd],
+                "{policy:?}: sinks kept in place"
+            );
+        }
+        if policy != KvPolicy::Window {
+            return;
+        }
+        // Dense attention over the original cache restricted to sinks + the last slots.
+        let recent = keep - 4;
+        let slots: Vec<usize> = (0..4).chain(n - recent..n).collect();
+        let mut mk = vec![f16::ZERO; full_k.len()];
+        let mut mv = mk.clone();
+        let mut full_v = mk.clone();
+        kv_store::reference(&cfg, &v, &mut full_v, n, 0);
+        for h in 0..cfg.n_kv_heads {
+            for (i, &j) in slots.iter().enumerate() {
+                let (d, s) = ((h * cfg.capacity + i) * hd, (h * cfg.capacity + j) * hd);
+                mk[d..d + hd].copy_from_slice(&full_k[s..s + hd]);
+                mv[d..d + hd].copy_from_slice(&full_v[s..s + hd]);
+            }
+        }
+        let n_heads = 6;
+        let q = rng.vec_f32(n_heads * hd, -1.0, 1.0);
+        let scale = 0.125;
+        let want = attention::reference(&cfg, n_heads, &q, &mk, &mv, 1, keep - 1, scale).unwrap();
+        // The GPU cache after eviction, attended by the same query at slot keep - 1.
+        let gq = ctx.upload("q", &q).unwrap();
+        let out = ctx.storage_f32("out", q.len()).unwrap();
+        let lse = ctx.storage_f32("lse", n_heads).unwrap();
+        let mut enc = ctx.encoder("attend");
+        attention::record(
+            ctx,
+            &mut enc,
+            &cfg,
+            n_heads,
+            &gq,
+            &cache.k[0],
+            &cache.v[0],
+            &out,
+            &lse,
+            1,
+            keep - 1,
+            scale,
+        )
+        .unwrap();
+        ctx.submit_wait(enc).unwrap();
+        let got = ctx.read_f32(&out, q.len()).unwrap();
+        assert_close("window eviction vs sink+window mask", &got, &want, 1e-5);
+    }
+
+    #[test]
+    fn window_eviction_equals_a_sink_window_mask() {
+        evict_and_check(KvPolicy::Window);
+    }
+
+    #[test]
+    fn score_policies_keep_sinks_and_the_budget() {
+        evict_and_check(KvPolicy::H2o);
+        evict_and_check(KvPolicy::Nacl);
+    }
+}

@@ -57,9 +57,11 @@ impl FromStr for KvBudget {
             "KiB" => 1 << 10,
             "MiB" => 1 << 20,
             "GiB" => 1 << 30,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "KV budget '{s}': unknown unit '{other}' (expected B, KB, MB, GB, KiB, MiB or GiB)"
-            )),
+            ))
+            }
         };
         n.checked_mul(mult)
             .map(KvBudget::Bytes)
