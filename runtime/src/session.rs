@@ -22,12 +22,13 @@ pub trait Forward: Send {
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
     /// Run `tokens` at the next positions; the logits of every one, [tokens][vocab].
     fn forward_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
-    /// Positions held in the cache.
+    /// Tokens seen (the next position); with eviction more than the cache holds.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Positions the cache can hold.
+    /// Positions the session can reach: the context, or unbounded (u32::MAX) when the
+    /// KV cache evicts.
     fn capacity(&self) -> usize;
     /// Forget every position.
     fn reset(&mut self);
