@@ -1,4 +1,5 @@
-// Causal grouped-query attention over an f16 KV cache, for a chunk of queries (prefill)
+// Causal grouped-query attention over the KV cache in its storage types (f16, q8, q4:
+// common/kv_format.wgsl decodes rows in registers), for a chunk of queries (prefill)
 // or one (decode). Query t of the chunk is the cache slot n_past + t and attends to cache
 // slots 0..=n_past + t; query head h reads KV head h / (n_heads / n_kv_heads).
 //
@@ -58,7 +59,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     workgroupBarrier();
 
-    let head_base = kvh * p.capacity * half; // in words
+    let head_row = kvh * p.capacity; // first row of this KV head
+    let krow = k_row_words(hd);
+    let vrow = v_row_words(hd);
     var m = NEG;
     var l = 0.0;
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
@@ -66,11 +69,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let j = kb + lid.x;
         var s = NEG;
         if (j < n_keys) {
-            let kw = head_base + j * half;
+            let kw = (head_row + j) * krow;
             var dot = 0.0;
-            for (var i = 0u; i < half; i++) {
-                let kv = unpack2x16float(kc[kw + i]);
-                dot += qs[2u * i] * kv.x + qs[2u * i + 1u] * kv.y;
+            if (K_TYPE == 0u) {
+                for (var i = 0u; i < half; i++) {
+                    let kv = unpack2x16float(kc[kw + i]);
+                    dot += qs[2u * i] * kv.x + qs[2u * i + 1u] * kv.y;
+                }
+            } else {
+                for (var d = 0u; d < hd; d++) {
+                    dot += qs[d] * k_at(kw, d, hd);
+                }
             }
             s = dot;
         }
@@ -96,9 +105,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             if (d < hd) {
                 var a = acc[c] * corr;
                 for (var i = 0u; i < nb; i++) {
-                    let word = head_base + (kb + i) * half + d / 2u;
-                    let vv = unpack2x16float(vc[word]);
-                    a += prob[i] * select(vv.x, vv.y, (d & 1u) == 1u);
+                    a += prob[i] * v_at((head_row + kb + i) * vrow, d, hd);
                 }
                 acc[c] = a;
             }

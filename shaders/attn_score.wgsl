@@ -36,9 +36,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     let kvh = id / n_slots;
     let j = id % n_slots;
-    let half = p.head_dim / 2u;
+    let hd = p.head_dim;
     let group = p.n_heads / p.n_kv_heads;
-    let kw = (kvh * p.capacity + j) * half;
+    let kw = (kvh * p.capacity + j) * k_row_words(hd);
     var total = 0.0;
     // The first query that sees slot j: causality needs n_past + t >= j.
     var t = p.q0;
@@ -49,9 +49,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         for (var h = kvh * group; h < (kvh + 1u) * group; h++) {
             let qb = (t * p.n_heads + h) * p.head_dim;
             var dot = 0.0;
-            for (var i = 0u; i < half; i++) {
-                let kv = unpack2x16float(kc[kw + i]);
-                dot += q[qb + 2u * i] * kv.x + q[qb + 2u * i + 1u] * kv.y;
+            for (var d = 0u; d < hd; d++) {
+                dot += q[qb + d] * k_at(kw, d, hd);
             }
             total += exp(dot * p.scale - lse[t * p.n_heads + h]);
         }

@@ -1,18 +1,18 @@
 // Gather the kept slots of one layer's cache into a second buffer of the same layout:
-// dst[kv_head][i] = src[kv_head][kept[kv_head][i]] for i < keep, for K and V (f16 pairs
-// per u32 word) and, when the policy keeps running scores, the score of each slot. The
-// caller then swaps the two buffers, so compaction never reads what it overwrites. One
-// thread per (KV head, kept slot, word).
+// dst[kv_head][i] = src[kv_head][kept[kv_head][i]] for i < keep, for K and V (rows of
+// k_words / v_words u32 words, whatever their storage type) and, when the policy keeps
+// running scores, the score of each slot. The caller then swaps the two buffers, so
+// compaction never reads what it overwrites. One thread per (KV head, kept slot, word).
 
 struct Params {
-    head_dim: u32,
+    k_words: u32,
+    v_words: u32,
     n_kv_heads: u32,
     keep: u32,
     capacity: u32,
     has_score: u32,
     grid_x: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> kept: array<u32>;
@@ -26,19 +26,21 @@ struct Params {
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let half = p.head_dim / 2u;
+    let words = max(p.k_words, p.v_words);
     let id = (wid.x + wid.y * p.grid_x) * 64u + lid.x;
-    if (id >= p.n_kv_heads * p.keep * half) {
+    if (id >= p.n_kv_heads * p.keep * words) {
         return;
     }
-    let w = id % half;
-    let i = (id / half) % p.keep;
-    let h = id / (half * p.keep);
+    let w = id % words;
+    let i = (id / words) % p.keep;
+    let h = id / (words * p.keep);
     let from_slot = kept[h * p.keep + i];
-    let src = (h * p.capacity + from_slot) * half + w;
-    let dst = (h * p.capacity + i) * half + w;
-    dst_k[dst] = src_k[src];
-    dst_v[dst] = src_v[src];
+    if (w < p.k_words) {
+        dst_k[(h * p.capacity + i) * p.k_words + w] = src_k[(h * p.capacity + from_slot) * p.k_words + w];
+    }
+    if (w < p.v_words) {
+        dst_v[(h * p.capacity + i) * p.v_words + w] = src_v[(h * p.capacity + from_slot) * p.v_words + w];
+    }
     if (p.has_score == 1u && w == 0u) {
         dst_s[h * p.capacity + i] = src_s[h * p.capacity + from_slot];
     }

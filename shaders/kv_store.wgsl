@@ -1,7 +1,7 @@
-// Write the K and V of new tokens into the f16 KV cache of one layer, in place:
-// cache[kv_head][slot0 + t][d] = f16(x[t][kv_head][d]). The cache is array<u32> holding two
-// f16 per word (head_dim is even), laid out [kv_head][capacity][head_dim]. One thread per
-// pair of dims of one token and head, for K and V together.
+// Write the K and V of new tokens into one layer of the KV cache, in place, in the cache's
+// storage types: row (kv_head, slot0 + t) = encode(x[t][kv_head][:]). Rows are
+// k_row_words / v_row_words u32 words (see common/kv_format.wgsl), laid out
+// [kv_head][capacity][row]. One thread per (token, KV head) row, K and V together.
 
 struct Params {
     head_dim: u32,
@@ -22,16 +22,15 @@ struct Params {
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let pairs = p.head_dim / 2u;
     let id = (wid.x + wid.y * p.grid_x) * 64u + lid.x;
-    if (id >= p.n_tokens * p.n_kv_heads * pairs) {
+    if (id >= p.n_tokens * p.n_kv_heads) {
         return;
     }
-    let i = id % pairs;
-    let h = (id / pairs) % p.n_kv_heads;
-    let t = id / (pairs * p.n_kv_heads);
-    let src = (t * p.n_kv_heads + h) * p.head_dim + 2u * i;
-    let dst = ((h * p.capacity + p.slot0 + t) * p.head_dim) / 2u + i;
-    kc[dst] = pack2x16float(vec2<f32>(k[src], k[src + 1u]));
-    vc[dst] = pack2x16float(vec2<f32>(v[src], v[src + 1u]));
+    let h = id % p.n_kv_heads;
+    let t = id / p.n_kv_heads;
+    let hd = p.head_dim;
+    let src = (t * p.n_kv_heads + h) * hd;
+    let slot = h * p.capacity + p.slot0 + t;
+    k_store(slot * k_row_words(hd), src, hd);
+    v_store(slot * v_row_words(hd), src, hd);
 }

@@ -13,7 +13,7 @@ use kvedge_models::llama::LlamaModel;
 use kvedge_models::synth::{synthesize, SynthSpec};
 use kvedge_models::{Device, LoadOptions, Model, SessionConfig};
 use kvedge_runtime::kernels::check::{compare, test_context};
-use kvedge_runtime::kv::{KvBudget, KvOptions, KvPolicy};
+use kvedge_runtime::kv::{KvBudget, KvOptions, KvPolicy, KvType};
 use kvedge_runtime::session::{FinishReason, GenerateOptions};
 use kvedge_tests::{model, SMOLLM2};
 
@@ -33,6 +33,7 @@ fn opts(policy: KvPolicy, budget: usize) -> KvOptions {
         policy,
         sinks: 4,
         seed: 7,
+        ..KvOptions::default()
     }
 }
 
@@ -89,10 +90,13 @@ fn gpu_matches_cpu_with_eviction(
         c = cpu.forward(&[next]).unwrap();
     }
     let s = gpu.kv().stats();
-    assert!(s.evicted > 0, "the test must evict: {s:?}");
+    assert!(
+        s.evicted > 0 || !kv.policy.scores() && kv.policy != KvPolicy::Window,
+        "the test must evict: {s:?}"
+    );
     eprintln!(
-        "{:?}: GPU vs CPU worst normalized logit error {worst:.2e} over {} steps, {} evictions, {} tokens evicted per head",
-        kv.policy, steps, s.evictions, s.evicted
+        "{:?} K {:?} V {:?}: GPU vs CPU worst normalized logit error {worst:.2e} over {} steps, {} evictions, {} tokens evicted per head",
+        kv.policy, kv.k_type, kv.v_type, steps, s.evictions, s.evicted
     );
 }
 
@@ -102,6 +106,35 @@ fn synthetic_gpu_matches_cpu_under_every_policy() {
     let prompt: Vec<u32> = (0..150).map(|i| (i * 37 + 5) % 300).collect();
     for policy in [KvPolicy::Window, KvPolicy::H2o, KvPolicy::Nacl] {
         gpu_matches_cpu_with_eviction(&path, &opts(policy, 64), &prompt, 30, 1e-3);
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// Quantized KV (q8, q4; K and V apart, with and without the Hadamard rotation), alone
+/// and composed with eviction. The kernels alone agree exactly (kv_store: no code differs;
+/// attention: 1e-5), but through a whole model the GPU's and the CPU's K and V differ by
+/// float rounding before they are quantized, and a value near a rounding boundary then
+/// lands one code apart: a step of 1/127 (q8) of its block's range instead of f16's
+/// 1/2048. On this random model that reaches 3.5e-2 (measured over 20 steps), so the
+/// bound is 5e-2, against 1e-3 for f16.
+#[test]
+fn synthetic_gpu_matches_cpu_with_quantized_kv() {
+    let path = synthetic("quantized");
+    let prompt: Vec<u32> = (0..150).map(|i| (i * 37 + 5) % 300).collect();
+    for (policy, k_type, v_type, hadamard_k) in [
+        (KvPolicy::Full, KvType::Q8, KvType::Q8, false),
+        (KvPolicy::Full, KvType::Q4, KvType::Q4, true),
+        (KvPolicy::H2o, KvType::Q8, KvType::Q4, false),
+        (KvPolicy::Window, KvType::Q4, KvType::F16, true),
+    ] {
+        let kv = KvOptions {
+            budget: (policy != KvPolicy::Full).then_some(KvBudget::Tokens(64)),
+            k_type,
+            v_type,
+            hadamard_k,
+            ..opts(policy, 64)
+        };
+        gpu_matches_cpu_with_eviction(&path, &kv, &prompt, 20, 5e-2);
     }
     let _ = std::fs::remove_file(path);
 }

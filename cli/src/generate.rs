@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use kvedge_models::{Device, LoadOptions, Model, SessionConfig};
-use kvedge_runtime::kv::{KvBudget, KvOptions, KvPolicy};
+use kvedge_runtime::kv::{KvBudget, KvOptions, KvPolicy, KvType};
 use kvedge_runtime::sample::SamplingOptions;
 use kvedge_runtime::session::{GenerateOptions, Session, Stats};
 
@@ -46,6 +46,18 @@ pub struct KvArgs {
     /// Seed of NACL's random sample
     #[arg(long, default_value_t = 0)]
     pub kv_seed: u64,
+    /// Storage type of K and V: f16, q8 (as llama.cpp's q8_0) or q4 (as q4_0)
+    #[arg(long, default_value = "f16")]
+    pub kv_type: KvType,
+    /// Storage type of K alone (overrides --kv-type)
+    #[arg(long)]
+    pub kv_type_k: Option<KvType>,
+    /// Storage type of V alone (overrides --kv-type)
+    #[arg(long)]
+    pub kv_type_v: Option<KvType>,
+    /// Rotate Q and K by a Walsh-Hadamard transform before K is stored (helps q4 K)
+    #[arg(long)]
+    pub kv_hadamard: bool,
 }
 
 impl KvArgs {
@@ -55,6 +67,9 @@ impl KvArgs {
             policy: self.kv_policy,
             sinks: self.kv_sinks,
             seed: self.kv_seed,
+            k_type: self.kv_type_k.unwrap_or(self.kv_type),
+            v_type: self.kv_type_v.unwrap_or(self.kv_type),
+            hadamard_k: self.kv_hadamard,
         }
     }
 }

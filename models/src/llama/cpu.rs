@@ -1,18 +1,17 @@
 //! The reference forward pass on the CPU, built from the kernels' scalar references:
 //! weights are read from the mapped file and each row dequantized when used; activations
 //! are f32, dot products accumulate in f32 over 16 lanes (as llama.cpp's CPU backend
-//! does); the KV cache holds f16 like the GPU's.
+//! does); the KV cache holds the same encoded rows as the GPU's (f16, q8 or q4 words).
 //! Projections are split over threads by weight rows (std::thread::scope).
 //! Eviction follows the GPU cache's rules (`kv::KvPlan`) with the kernels' CPU references
 //! for scoring, selection and compaction, so both devices drop the same tokens.
 
 use std::sync::Arc;
 
-use half::f16;
 use kvedge_runtime::gguf::TensorInfo;
 use kvedge_runtime::kernels::attn_score::{self, ScoreRange};
 use kvedge_runtime::kernels::{
-    add, attention, embed, kv_compact, kv_select, kv_store, rmsnorm, rope, silu_mul,
+    add, attention, embed, hadamard, kv_compact, kv_select, kv_store, rmsnorm, rope, silu_mul,
 };
 use kvedge_runtime::kv::{KvCacheConfig, KvOptions, KvPlan, KvPolicy, KvStats};
 use kvedge_runtime::quant::dequantize;
@@ -25,8 +24,8 @@ pub struct CpuForward {
     model: Arc<LlamaModel>,
     cfg: KvCacheConfig,
     plan: KvPlan,
-    kc: Vec<Vec<f16>>,
-    vc: Vec<Vec<f16>>,
+    kc: Vec<Vec<u32>>,
+    vc: Vec<Vec<u32>>,
     /// Per layer [n_kv_heads][capacity] running scores (score-based policies).
     scores: Vec<Vec<f32>>,
     /// Slots used and tokens seen.
@@ -135,13 +134,18 @@ impl CpuForward {
             )));
         }
         let plan = KvPlan::new(kv, model.kv_geometry(), context, chunk)?;
-        let cfg = KvCacheConfig {
-            n_layers: hp.n_layers,
-            n_kv_heads: hp.n_kv_heads,
-            head_dim: hp.head_dim,
-            capacity: plan.slots,
-        };
-        let size = hp.n_kv_heads * plan.slots * hp.head_dim;
+        let cfg = plan.cache_config(model.kv_geometry());
+        for ty in [cfg.k_type, cfg.v_type] {
+            if !ty.supports(cfg.head_dim) {
+                return Err(ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(
+                    format!(
+                        "KV type {} cannot store head dim {} (f16 needs it even, q8/q4 a multiple of 32)",
+                        ty.name(),
+                        cfg.head_dim
+                    ),
+                )));
+            }
+        }
         let scores = if plan.policy.scores() {
             vec![vec![0.0; hp.n_kv_heads * plan.slots]; hp.n_layers]
         } else {
@@ -151,8 +155,8 @@ impl CpuForward {
             model,
             cfg,
             plan,
-            kc: vec![vec![f16::ZERO; size]; hp.n_layers],
-            vc: vec![vec![f16::ZERO; size]; hp.n_layers],
+            kc: vec![vec![0; cfg.k_layer_words()]; hp.n_layers],
+            vc: vec![vec![0; cfg.v_layer_words()]; hp.n_layers],
             scores,
             used: 0,
             position: 0,
@@ -209,8 +213,9 @@ impl CpuForward {
                 }
             };
             let kept = kv_select::reference(nkv, self.cfg.capacity, &sel, score)?;
-            kv_compact::reference_f16(&self.cfg, sel.keep, &kept, &mut self.kc[l]);
-            kv_compact::reference_f16(&self.cfg, sel.keep, &kept, &mut self.vc[l]);
+            let (kr, vr) = (self.cfg.k_row_words(), self.cfg.v_row_words());
+            kv_compact::reference(&self.cfg, kr, sel.keep, &kept, &mut self.kc[l]);
+            kv_compact::reference(&self.cfg, vr, sel.keep, &kept, &mut self.vc[l]);
             if let Some(s) = self.scores.get_mut(l) {
                 kv_compact::reference(&self.cfg, 1, sel.keep, &kept, s);
             }
@@ -302,8 +307,13 @@ impl CpuForward {
             }
             rope::reference(&mut q, &pos, &model.rope(hp.n_heads))?;
             rope::reference(&mut k, &pos, &model.rope(hp.n_kv_heads))?;
-            kv_store::reference(&self.cfg, &k, &mut self.kc[l], m, self.used);
-            kv_store::reference(&self.cfg, &v, &mut self.vc[l], m, self.used);
+            if self.plan.hadamard_k {
+                hadamard::reference(&mut q, hp.head_dim)?;
+                hadamard::reference(&mut k, hp.head_dim)?;
+            }
+            let (kt, vt) = (self.cfg.k_type, self.cfg.v_type);
+            kv_store::reference(&self.cfg, kt, &k, &mut self.kc[l], m, self.used);
+            kv_store::reference(&self.cfg, vt, &v, &mut self.vc[l], m, self.used);
             let att = attention::reference(
                 &self.cfg,
                 hp.n_heads,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use kvedge_runtime::gpu::{GpuContext, GpuMatrix};
 use kvedge_runtime::kernels::attn_score::{self, ScoreRange};
 use kvedge_runtime::kernels::{
-    add, attention, embed, kv_store, matmul, matvec, rmsnorm, rope, silu_mul,
+    add, attention, embed, hadamard, kv_store, matmul, matvec, rmsnorm, rope, silu_mul,
 };
 use kvedge_runtime::kv::{KvCache, KvOptions, KvPlan, KvPolicy};
 use kvedge_runtime::{wgpu, Error};
@@ -353,6 +353,10 @@ impl GpuForward {
             }
             rope::record(ctx, &mut enc, &s.q, &s.pos, m, &rope_q)?;
             rope::record(ctx, &mut enc, &s.k, &s.pos, m, &rope_k)?;
+            if self.kv.plan.hadamard_k {
+                hadamard::record(ctx, &mut enc, &s.q, m * hp.n_heads, hp.head_dim)?;
+                hadamard::record(ctx, &mut enc, &s.k, m * hp.n_kv_heads, hp.head_dim)?;
+            }
             kv_store::record(
                 ctx,
                 &mut enc,

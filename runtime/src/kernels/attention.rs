@@ -1,14 +1,14 @@
-//! Causal grouped-query attention over the f16 KV cache (`shaders/attention.wgsl`) for a
+//! Causal grouped-query attention over the KV cache in its storage types
+//! (`shaders/attention.wgsl`; f16, q8 or q4 rows decoded in registers) for a
 //! chunk of queries in cache slots `n_past..n_past + n_tokens` (prefill) or a single query
 //! (decode). Online softmax over blocks of keys (FlashAttention, Dao et al., 2022), so
 //! memory stays O(head_dim) per (query, head) at any context length.
 
 use bytemuck::{Pod, Zeroable};
-use half::f16;
 
-use super::{need_f32, plain_pipeline, to_u32};
+use super::{kv_pipeline, need_f32, to_u32, KvAccess};
 use crate::gpu::{grid, GpuContext};
-use crate::kv::KvCacheConfig;
+use crate::kv::{decode_row, KvCacheConfig};
 use crate::{Error, Result};
 
 const WGSL: &str = include_str!("../../../shaders/attention.wgsl");
@@ -31,10 +31,15 @@ pub struct AttentionParams {
 const _: () = assert!(std::mem::size_of::<AttentionParams>() == 32);
 
 fn validate(cfg: &KvCacheConfig, n_heads: usize, n_tokens: usize, n_past: usize) -> Result<()> {
-    if cfg.head_dim > MAX_HEAD_DIM || !cfg.head_dim.is_multiple_of(2) {
+    if cfg.head_dim > MAX_HEAD_DIM
+        || !cfg.k_type.supports(cfg.head_dim)
+        || !cfg.v_type.supports(cfg.head_dim)
+    {
         return Err(Error::InvalidArgument(format!(
-            "attention: head dim must be even and at most {MAX_HEAD_DIM}, got {}",
-            cfg.head_dim
+            "attention: head dim {} must be at most {MAX_HEAD_DIM} and storable as K {} / V {}",
+            cfg.head_dim,
+            cfg.k_type.name(),
+            cfg.v_type.name()
         )));
     }
     if cfg.n_kv_heads == 0 || !n_heads.is_multiple_of(cfg.n_kv_heads) {
@@ -77,7 +82,14 @@ pub fn record(
     need_f32("attention q", q, n)?;
     need_f32("attention out", out, n)?;
     need_f32("attention lse", lse, n_tokens * n_heads)?;
-    let pipeline = plain_pipeline(ctx, "attention", WGSL)?;
+    need_f32("attention k cache", kc, cfg.k_layer_words())?;
+    need_f32("attention v cache", vc, cfg.v_layer_words())?;
+    let access = KvAccess {
+        k: cfg.k_type,
+        v: Some(cfg.v_type),
+        encode: false,
+    };
+    let pipeline = kv_pipeline(ctx, "attention", WGSL, &access)?;
     let groups = grid(to_u32("attention", n_tokens * n_heads)?, ctx.max_groups());
     let params = AttentionParams {
         head_dim: cfg.head_dim as u32,
@@ -95,15 +107,35 @@ pub fn record(
     Ok(())
 }
 
-/// CPU reference: plain softmax(q·K^T·scale)·V per query and head, in f64, over caches
-/// laid out [kv_head][capacity][head_dim].
+/// Decode the first `n` rows of KV head `kvh` of a cache (u32 words, [kv_head][capacity]
+/// [row]) into f64 values, [n][head_dim].
+pub fn decode_head(
+    cfg: &KvCacheConfig,
+    ty: crate::kv::KvType,
+    cache: &[u32],
+    kvh: usize,
+    n: usize,
+) -> Vec<f64> {
+    let (hd, row) = (cfg.head_dim, ty.row_words(cfg.head_dim));
+    let mut out = Vec::with_capacity(n * hd);
+    let mut buf = vec![0.0f32; hd];
+    for j in 0..n {
+        let at = (kvh * cfg.capacity + j) * row;
+        decode_row(ty, &cache[at..at + row], &mut buf);
+        out.extend(buf.iter().map(|&x| x as f64));
+    }
+    out
+}
+
+/// CPU reference: plain softmax(q·K^T·scale)·V per query and head, in f64, over caches of
+/// u32 words laid out [kv_head][capacity][row] in the config's storage types.
 #[allow(clippy::too_many_arguments)]
 pub fn reference(
     cfg: &KvCacheConfig,
     n_heads: usize,
     q: &[f32],
-    kc: &[f16],
-    vc: &[f16],
+    kc: &[u32],
+    vc: &[u32],
     n_tokens: usize,
     n_past: usize,
     scale: f32,
@@ -115,14 +147,9 @@ pub fn reference(
     let mut out = vec![0.0f32; n_tokens * n_heads * hd];
     let mut scores = Vec::with_capacity(total);
     for kvh in 0..cfg.n_kv_heads {
-        // This KV head's keys and values for every position, widened once.
-        let widen = |c: &[f16]| -> Vec<f64> {
-            c[kvh * cfg.capacity * hd..][..total * hd]
-                .iter()
-                .map(|v| v.to_f64())
-                .collect()
-        };
-        let (k, v) = (widen(kc), widen(vc));
+        // This KV head's keys and values for every slot, decoded once.
+        let k = decode_head(cfg, cfg.k_type, kc, kvh, total);
+        let v = decode_head(cfg, cfg.v_type, vc, kvh, total);
         for h in kvh * group..(kvh + 1) * group {
             for t in 0..n_tokens {
                 let n_keys = n_past + t + 1;
@@ -158,60 +185,55 @@ mod tests {
     use super::*;
     use crate::kernels::check::{assert_close, test_context, test_seed};
     use crate::kernels::kv_store;
+    use crate::kv::KvType;
     use crate::rng::SplitMix64;
 
-    /// Fill the cache through kv_store (testing it too), then attend.
+    /// Encode random K/V on the CPU (kv_store's reference; the GPU store has its own test),
+    /// upload the words, attend on the GPU and compare with the reference over the same
+    /// words. The bound is the same for every storage type: both sides decode identically.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         ctx: &GpuContext,
-        head_dim: usize,
-        n_heads: usize,
-        n_kv_heads: usize,
+        kt: KvType,
+        vt: KvType,
+        hd: usize,
+        nh: usize,
+        nkv: usize,
         n_past: usize,
-        n_tokens: usize,
+        n: usize,
     ) {
         let cfg = KvCacheConfig {
-            n_layers: 1,
-            n_kv_heads,
-            head_dim,
-            capacity: n_past + n_tokens + 3,
+            k_type: kt,
+            v_type: vt,
+            ..KvCacheConfig::f16(1, nkv, hd, n_past + n + 3)
         };
-        let mut rng = SplitMix64::new(test_seed((head_dim * 1000 + n_past) as u64));
-        let total = n_past + n_tokens;
-        let k = rng.vec_f32(total * n_kv_heads * head_dim, -1.5, 1.5);
-        let v = rng.vec_f32(total * n_kv_heads * head_dim, -1.0, 1.0);
-        let q = rng.vec_f32(n_tokens * n_heads * head_dim, -1.5, 1.5);
-        let words = (cfg.layer_bytes() / 4) as usize;
-        let kc = ctx.storage_f32("kc", words).unwrap();
-        let vc = ctx.storage_f32("vc", words).unwrap();
-        let (gk, gv) = (ctx.upload("k", &k).unwrap(), ctx.upload("v", &v).unwrap());
+        let mut rng = SplitMix64::new(test_seed((hd * 1000 + n_past) as u64));
+        let total = n_past + n;
+        let k = rng.vec_f32(total * nkv * hd, -1.5, 1.5);
+        let v = rng.vec_f32(total * nkv * hd, -1.0, 1.0);
+        let q = rng.vec_f32(n * nh * hd, -1.5, 1.5);
+        let mut kc = vec![0u32; cfg.k_layer_words()];
+        let mut vc = vec![0u32; cfg.v_layer_words()];
+        kv_store::reference(&cfg, kt, &k, &mut kc, total, 0);
+        kv_store::reference(&cfg, vt, &v, &mut vc, total, 0);
+        let (gk, gv) = (
+            ctx.upload("kc", &kc).unwrap(),
+            ctx.upload("vc", &vc).unwrap(),
+        );
         let gq = ctx.upload("q", &q).unwrap();
         let out = ctx.storage_f32("out", q.len()).unwrap();
-        let lse = ctx.storage_f32("lse", n_tokens * n_heads).unwrap();
-        let scale = 1.0 / (head_dim as f32).sqrt();
+        let lse = ctx.storage_f32("lse", n * nh).unwrap();
+        let scale = 1.0 / (hd as f32).sqrt();
         let mut enc = ctx.encoder("test");
-        kv_store::record(ctx, &mut enc, &cfg, &gk, &gv, &kc, &vc, total, 0).unwrap();
         record(
-            ctx, &mut enc, &cfg, n_heads, &gq, &kc, &vc, &out, &lse, n_tokens, n_past, scale,
+            ctx, &mut enc, &cfg, nh, &gq, &gk, &gv, &out, &lse, n, n_past, scale,
         )
         .unwrap();
         ctx.submit_wait(enc).unwrap();
-
-        let mut kr = vec![f16::ZERO; words * 2];
-        let mut vr = kr.clone();
-        kv_store::reference(&cfg, &k, &mut kr, total, 0);
-        kv_store::reference(&cfg, &v, &mut vr, total, 0);
-        let kc_got: Vec<f32> = ctx.read_f32(&kc, words).unwrap();
-        let kc_got: Vec<f32> = bytemuck::cast_slice::<f32, f16>(&kc_got)
-            .iter()
-            .map(|x| x.to_f32())
-            .collect();
-        let kr32: Vec<f32> = kr.iter().map(|x| x.to_f32()).collect();
-        assert_close(&format!("kv_store hd{head_dim}"), &kc_got, &kr32, 0.0);
-
-        let want = reference(&cfg, n_heads, &q, &kr, &vr, n_tokens, n_past, scale).unwrap();
+        let want = reference(&cfg, nh, &q, &kc, &vc, n, n_past, scale).unwrap();
         let got = ctx.read_f32(&out, q.len()).unwrap();
         assert_close(
-            &format!("attention hd{head_dim} h{n_heads}/{n_kv_heads} n_past {n_past} n {n_tokens}"),
+            &format!("attention K {kt:?} V {vt:?} hd{hd} h{nh}/{nkv} past {n_past} n {n}"),
             &got,
             &want,
             1e-5,
@@ -221,27 +243,34 @@ mod tests {
     #[test]
     fn attention_matches_reference() {
         let Some(ctx) = test_context() else { return };
-        run(ctx, 64, 9, 3, 0, 1); // first decode step: one key
-        run(ctx, 64, 9, 3, 0, 37); // prefill from empty, causal inside the chunk
-        run(ctx, 128, 12, 2, 150, 7); // prefill chunk after earlier chunks
-        run(ctx, 46, 4, 4, 200, 1); // decode, head dim not a multiple of 4
-        run(ctx, 256, 2, 1, 70, 2); // largest head dim
+        let f = KvType::F16;
+        run(ctx, f, f, 64, 9, 3, 0, 1); // first decode step: one key
+        run(ctx, f, f, 64, 9, 3, 0, 37); // prefill from empty, causal inside the chunk
+        run(ctx, f, f, 128, 12, 2, 150, 7); // prefill chunk after earlier chunks
+        run(ctx, f, f, 46, 4, 4, 200, 1); // decode, head dim not a multiple of 4
+        run(ctx, f, f, 256, 2, 1, 70, 2); // largest head dim
+    }
+
+    #[test]
+    fn attention_reads_quantized_caches() {
+        let Some(ctx) = test_context() else { return };
+        run(ctx, KvType::Q8, KvType::Q8, 64, 9, 3, 100, 1);
+        run(ctx, KvType::Q4, KvType::Q4, 128, 12, 2, 30, 19);
+        run(ctx, KvType::Q8, KvType::Q4, 96, 4, 2, 65, 3);
+        run(ctx, KvType::F16, KvType::Q8, 64, 2, 2, 0, 40);
     }
 
     #[test]
     fn attention_rejects_bad_shapes() {
-        let cfg = KvCacheConfig {
-            n_layers: 1,
-            n_kv_heads: 3,
-            head_dim: 64,
-            capacity: 8,
-        };
+        let cfg = KvCacheConfig::f16(1, 3, 64, 8);
         assert!(validate(&cfg, 8, 1, 0).is_err(), "8 heads over 3 KV heads");
         assert!(validate(&cfg, 9, 4, 5).is_err(), "past capacity");
-        let cfg = KvCacheConfig {
-            head_dim: 512,
-            ..cfg
+        let big = KvCacheConfig::f16(1, 3, 512, 8);
+        assert!(validate(&big, 9, 1, 0).is_err(), "head dim too large");
+        let q8 = KvCacheConfig {
+            k_type: KvType::Q8,
+            ..KvCacheConfig::f16(1, 3, 48, 8)
         };
-        assert!(validate(&cfg, 9, 1, 0).is_err(), "head dim too large");
+        assert!(validate(&q8, 9, 1, 0).is_err(), "q8 needs a multiple of 32");
     }
 }

@@ -8,9 +8,8 @@
 //! score matrix is stored.
 
 use bytemuck::{Pod, Zeroable};
-use half::f16;
 
-use super::{need_f32, plain_pipeline, to_u32};
+use super::{kv_pipeline, need_f32, to_u32, KvAccess};
 use crate::gpu::{grid, GpuContext};
 use crate::kv::KvCacheConfig;
 use crate::{Error, Result};
@@ -84,7 +83,13 @@ pub fn record(
     need_f32("attn_score q", q, r.n_tokens * r.n_heads * cfg.head_dim)?;
     need_f32("attn_score lse", lse, r.n_tokens * r.n_heads)?;
     need_f32("attn_score score", score, cfg.n_kv_heads * cfg.capacity)?;
-    let pipeline = plain_pipeline(ctx, "attn_score", WGSL)?;
+    need_f32("attn_score k cache", kc, cfg.k_layer_words())?;
+    let access = KvAccess {
+        k: cfg.k_type,
+        v: None,
+        encode: false,
+    };
+    let pipeline = kv_pipeline(ctx, "attn_score", WGSL, &access)?;
     let threads = cfg.n_kv_heads * (r.n_past + r.n_tokens);
     let groups = grid(
         to_u32("attn_score", threads)?.div_ceil(64),
@@ -110,12 +115,13 @@ pub fn record(
 }
 
 /// CPU reference: the same sums in f64 with each probability from a plain softmax over
-/// the slots the query sees. `score` is [n_kv_heads][capacity].
+/// the slots the query sees. `kc` is the K cache's words; `score` is
+/// [n_kv_heads][capacity].
 pub fn reference(
     cfg: &KvCacheConfig,
     r: &ScoreRange,
     q: &[f32],
-    kc: &[f16],
+    kc: &[u32],
     score: &mut [f32],
     scale: f32,
 ) -> Result<()> {
@@ -123,10 +129,7 @@ pub fn reference(
     let (hd, group) = (cfg.head_dim, r.n_heads / cfg.n_kv_heads);
     let n_slots = r.n_past + r.n_tokens;
     for kvh in 0..cfg.n_kv_heads {
-        let k: Vec<f64> = kc[kvh * cfg.capacity * hd..][..n_slots * hd]
-            .iter()
-            .map(|v| v.to_f64())
-            .collect();
+        let k = super::attention::decode_head(cfg, cfg.k_type, kc, kvh, n_slots);
         let mut sums = vec![0.0f64; n_slots];
         for t in r.q0..r.n_tokens {
             let seen = r.n_past + t + 1;
@@ -167,23 +170,29 @@ mod tests {
     use super::*;
     use crate::kernels::attention;
     use crate::kernels::check::{assert_close, test_context, test_seed};
+    use crate::kv::KvType;
     use crate::rng::SplitMix64;
 
-    fn run(ctx: &GpuContext, hd: usize, nh: usize, nkv: usize, n_past: usize, n: usize, q0: usize) {
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        ctx: &GpuContext,
+        kt: KvType,
+        hd: usize,
+        nh: usize,
+        nkv: usize,
+        n_past: usize,
+        n: usize,
+        q0: usize,
+    ) {
         let cfg = KvCacheConfig {
-            n_layers: 1,
-            n_kv_heads: nkv,
-            head_dim: hd,
-            capacity: n_past + n + 5,
+            k_type: kt,
+            ..KvCacheConfig::f16(1, nkv, hd, n_past + n + 5)
         };
         let mut rng = SplitMix64::new(test_seed((hd * 7919 + n_past * 31 + n) as u64));
-        let words = (cfg.layer_bytes() / 4) as usize;
-        let kc: Vec<f16> = rng
-            .vec_f32(words * 2, -1.5, 1.5)
-            .into_iter()
-            .map(f16::from_f32)
-            .collect();
-        let vc = kc.clone();
+        let x = rng.vec_f32(cfg.capacity * nkv * hd, -1.5, 1.5);
+        let mut kc = vec![0u32; cfg.k_layer_words()];
+        crate::kernels::kv_store::reference(&cfg, kt, &x, &mut kc, cfg.capacity, 0);
+        let vc = vec![0u32; cfg.v_layer_words()];
         let q = rng.vec_f32(n * nh * hd, -2.0, 2.0);
         let prev = rng.vec_f32(nkv * cfg.capacity, 0.0, 3.0);
         let scale = 1.0 / (hd as f32).sqrt();
@@ -231,20 +240,18 @@ mod tests {
     #[test]
     fn attn_score_matches_reference() {
         let Some(ctx) = test_context() else { return };
-        run(ctx, 64, 9, 3, 0, 37, 0); // prefill from empty, every query
-        run(ctx, 64, 9, 3, 40, 19, 11); // proxy queries: the last 8 of a chunk
-        run(ctx, 46, 4, 2, 100, 1, 0); // decode step, odd head dim
-        run(ctx, 128, 2, 2, 13, 70, 69); // one query
+        let f = KvType::F16;
+        run(ctx, f, 64, 9, 3, 0, 37, 0); // prefill from empty, every query
+        run(ctx, f, 64, 9, 3, 40, 19, 11); // proxy queries: the last 8 of a chunk
+        run(ctx, f, 46, 4, 2, 100, 1, 0); // decode step, odd head dim
+        run(ctx, f, 128, 2, 2, 13, 70, 69); // one query
+        run(ctx, KvType::Q8, 64, 9, 3, 40, 19, 11); // quantized keys
+        run(ctx, KvType::Q4, 128, 4, 2, 7, 9, 0);
     }
 
     #[test]
     fn attn_score_rejects_bad_ranges() {
-        let cfg = KvCacheConfig {
-            n_layers: 1,
-            n_kv_heads: 2,
-            head_dim: 8,
-            capacity: 10,
-        };
+        let cfg = KvCacheConfig::f16(1, 2, 8, 10);
         let r = ScoreRange {
             n_heads: 4,
             n_tokens: 4,

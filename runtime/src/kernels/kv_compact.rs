@@ -5,7 +5,6 @@
 //! attention stays causal by slot; positions need no bookkeeping because K carries RoPE.
 
 use bytemuck::{Pod, Zeroable};
-use half::f16;
 
 use super::{need_f32, plain_pipeline, to_u32};
 use crate::gpu::{grid, GpuContext};
@@ -18,18 +17,19 @@ const WGSL: &str = include_str!("../../../shaders/kv_compact.wgsl");
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 struct KvCompactParams {
-    head_dim: u32,
+    k_words: u32,
+    v_words: u32,
     n_kv_heads: u32,
     keep: u32,
     capacity: u32,
     has_score: u32,
     grid_x: u32,
-    _pad: [u32; 2],
+    _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<KvCompactParams>() == 32);
 
-/// One layer's buffers: K, V ([n_kv_heads][capacity][head_dim] f16) and optionally the
-/// running scores ([n_kv_heads][capacity] f32).
+/// One layer's buffers: K, V ([n_kv_heads][capacity][row] in their storage types) and
+/// optionally the running scores ([n_kv_heads][capacity] f32).
 pub struct LayerBuffers<'a> {
     pub k: &'a wgpu::Buffer,
     pub v: &'a wgpu::Buffer,
@@ -53,30 +53,31 @@ pub fn record(
             cfg.capacity
         )));
     }
-    let words = (cfg.layer_bytes() / 4) as usize;
-    for (name, b) in [
-        ("src k", src.k),
-        ("src v", src.v),
-        ("dst k", dst.k),
-        ("dst v", dst.v),
+    let (kw, vw) = (cfg.k_layer_words(), cfg.v_layer_words());
+    for (name, b, words) in [
+        ("src k", src.k, kw),
+        ("src v", src.v, vw),
+        ("dst k", dst.k, kw),
+        ("dst v", dst.v, vw),
     ] {
         need_f32(&format!("kv_compact {name}"), b, words)?;
     }
     need_f32("kv_compact kept", kept, cfg.n_kv_heads * keep)?;
-    let n = cfg.n_kv_heads * keep * cfg.head_dim / 2;
+    let n = cfg.n_kv_heads * keep * cfg.k_row_words().max(cfg.v_row_words());
     if n == 0 {
         return Ok(());
     }
     let pipeline = plain_pipeline(ctx, "kv_compact", WGSL)?;
     let groups = grid(to_u32("kv_compact", n)?.div_ceil(64), ctx.max_groups());
     let params = KvCompactParams {
-        head_dim: cfg.head_dim as u32,
+        k_words: cfg.k_row_words() as u32,
+        v_words: cfg.v_row_words() as u32,
         n_kv_heads: cfg.n_kv_heads as u32,
         keep: keep as u32,
         capacity: cfg.capacity as u32,
         has_score: src.score.is_some() as u32,
         grid_x: groups.0,
-        _pad: [0; 2],
+        _pad: 0,
     };
     let ub = ctx.uniform("kv_compact.params", &params);
     // Without scores the score bindings get two one-word placeholders the shader never
@@ -106,8 +107,8 @@ pub fn record(
 }
 
 /// CPU reference, in place: move each head's kept slots (ascending) to the front of its
-/// region of `cache` ([n_kv_heads][capacity][width]); used for K, V (width head_dim) and
-/// scores (width 1). Ascending order makes the in-place move safe (kept[i] >= i).
+/// region of `cache` ([n_kv_heads][capacity][width]); used for K and V (width: row words)
+/// and scores (width 1). Ascending order makes the in-place move safe (kept[i] >= i).
 pub fn reference<T: Copy>(
     cfg: &KvCacheConfig,
     width: usize,
@@ -130,44 +131,33 @@ pub fn reference<T: Copy>(
     }
 }
 
-/// The reference for f16 caches (K or V).
-pub fn reference_f16(cfg: &KvCacheConfig, keep: usize, kept: &[u32], cache: &mut [f16]) {
-    reference(cfg, cfg.head_dim, keep, kept, cache)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::check::{test_context, test_seed};
     use crate::kernels::kv_select::{self, SelectPlan};
+    use crate::kv::KvType;
     use crate::rng::SplitMix64;
 
     #[test]
     fn kv_compact_matches_reference() {
         let Some(ctx) = test_context() else { return };
         let mut rng = SplitMix64::new(test_seed(91));
-        for (nkv, hd, cap, n, keep) in [
-            (3, 64, 120, 117, 40),
-            (2, 46, 50, 50, 50),
-            (1, 128, 33, 20, 1),
-        ] {
+        let cases = [
+            (3, 64, 120, 117, 40, KvType::F16, KvType::F16),
+            (2, 64, 50, 50, 50, KvType::Q8, KvType::Q4),
+            (1, 128, 33, 20, 1, KvType::Q4, KvType::F16),
+            (2, 46, 21, 21, 9, KvType::F16, KvType::F16),
+        ];
+        for (nkv, hd, cap, n, keep, kt, vt) in cases {
             let cfg = KvCacheConfig {
-                n_layers: 1,
-                n_kv_heads: nkv,
-                head_dim: hd,
-                capacity: cap,
+                k_type: kt,
+                v_type: vt,
+                ..KvCacheConfig::f16(1, nkv, hd, cap)
             };
-            let words = (cfg.layer_bytes() / 4) as usize;
-            let k: Vec<f16> = rng
-                .vec_f32(words * 2, -2.0, 2.0)
-                .into_iter()
-                .map(f16::from_f32)
-                .collect();
-            let v: Vec<f16> = rng
-                .vec_f32(words * 2, -2.0, 2.0)
-                .into_iter()
-                .map(f16::from_f32)
-                .collect();
+            // Compaction moves words and never looks inside them: random words will do.
+            let mut words = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.next_u32()).collect() };
+            let (k, v) = (words(cfg.k_layer_words()), words(cfg.v_layer_words()));
             let s = rng.vec_f32(nkv * cap, 0.0, 1.0);
             let plan = SelectPlan {
                 n,
@@ -180,14 +170,12 @@ mod tests {
                 salt: 0,
             };
             let kept = kv_select::reference(nkv, cap, &plan, &s).unwrap();
-            let g = |name: &str, d: &[f16]| ctx.upload(name, d).unwrap();
-            let (sk, sv, ss) = (g("k", &k), g("v", &v), ctx.upload("s", &s).unwrap());
-            let (dk, dv, ds) = (
-                ctx.storage_f32("dk", words).unwrap(),
-                ctx.storage_f32("dv", words).unwrap(),
-                ctx.storage_f32("ds", nkv * cap).unwrap(),
-            );
-            let gk = ctx.upload("kept", &kept).unwrap();
+            let up = |name: &str, d: &[u32]| ctx.upload(name, d).unwrap();
+            let (sk, sv, gk) = (up("k", &k), up("v", &v), up("kept", &kept));
+            let ss = ctx.upload("s", &s).unwrap();
+            let f = |name: &str, n: usize| ctx.storage_f32(name, n).unwrap();
+            let (dk, dv, ds) = (f("dk", k.len()), f("dv", v.len()), f("ds", s.len()));
+            let (dk2, dv2) = (f("dk2", k.len()), f("dv2", v.len()));
             let mut enc = ctx.encoder("test");
             let src = LayerBuffers {
                 k: &sk,
@@ -200,11 +188,7 @@ mod tests {
                 score: Some(&ds),
             };
             record(ctx, &mut enc, &cfg, keep, &gk, &src, &dst).unwrap();
-            // And without scores (the window policy), into a second pair of buffers.
-            let (dk2, dv2) = (
-                ctx.storage_f32("dk2", words).unwrap(),
-                ctx.storage_f32("dv2", words).unwrap(),
-            );
+            // And without scores (the window policy).
             let src2 = LayerBuffers {
                 k: &sk,
                 v: &sv,
@@ -218,29 +202,32 @@ mod tests {
             record(ctx, &mut enc, &cfg, keep, &gk, &src2, &dst2).unwrap();
             ctx.submit_wait(enc).unwrap();
             let (mut wk, mut wv, mut ws) = (k.clone(), v.clone(), s.clone());
-            reference_f16(&cfg, keep, &kept, &mut wk);
-            reference_f16(&cfg, keep, &kept, &mut wv);
+            reference(&cfg, cfg.k_row_words(), keep, &kept, &mut wk);
+            reference(&cfg, cfg.v_row_words(), keep, &kept, &mut wv);
             reference(&cfg, 1, keep, &kept, &mut ws);
-            let read16 = |b: &wgpu::Buffer| -> Vec<f16> {
-                bytemuck::cast_slice::<f32, f16>(&ctx.read_f32(b, words).unwrap()).to_vec()
+            let read = |b: &wgpu::Buffer, n: usize| -> Vec<u32> {
+                ctx.read_f32(b, n)
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
             };
-            let (gk, gv, gs) = (
-                read16(&dk),
-                read16(&dv),
-                ctx.read_f32(&ds, nkv * cap).unwrap(),
-            );
-            let (gk2, gv2) = (read16(&dk2), read16(&dv2));
+            let gs = ctx.read_f32(&ds, s.len()).unwrap();
+            for (name, buf, want, row) in [
+                ("K", &dk, &wk, cfg.k_row_words()),
+                ("V", &dv, &wv, cfg.v_row_words()),
+                ("K without scores", &dk2, &wk, cfg.k_row_words()),
+                ("V without scores", &dv2, &wv, cfg.v_row_words()),
+            ] {
+                let got = read(buf, want.len());
+                for h in 0..nkv {
+                    let r = h * cap * row..(h * cap + keep) * row;
+                    assert_eq!(got[r.clone()], want[r], "{name} head {h} ({kt:?}/{vt:?})");
+                }
+            }
             for h in 0..nkv {
-                let r = h * cap * hd..(h * cap + keep) * hd;
-                assert_eq!(gk[r.clone()], wk[r.clone()], "K head {h}");
-                assert_eq!(gv[r.clone()], wv[r.clone()], "V head {h}");
-                assert_eq!(gk2[r.clone()], wk[r.clone()], "K head {h}, no scores");
-                assert_eq!(gv2[r.clone()], wv[r], "V head {h}, no scores");
-                assert_eq!(
-                    gs[h * cap..h * cap + keep],
-                    ws[h * cap..h * cap + keep],
-                    "scores head {h}"
-                );
+                let r = h * cap..h * cap + keep;
+                assert_eq!(gs[r.clone()], ws[r], "scores head {h}");
             }
         }
     }

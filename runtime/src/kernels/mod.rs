@@ -14,6 +14,7 @@ pub mod attention;
 pub mod attn_score;
 pub mod check;
 pub mod embed;
+pub mod hadamard;
 pub mod kv_compact;
 pub mod kv_select;
 pub mod kv_store;
@@ -31,6 +32,51 @@ use crate::{Error, Result};
 pub(crate) const BYTES_WGSL: &str = include_str!("../../../shaders/common/bytes.wgsl");
 pub(crate) const DEQUANT_WGSL: &str = include_str!("../../../shaders/common/dequant.wgsl");
 pub(crate) const REDUCE_WGSL: &str = include_str!("../../../shaders/common/reduce.wgsl");
+const KV_FORMAT_WGSL: &str = include_str!("../../../shaders/common/kv_format.wgsl");
+const KV_ENCODE_WGSL: &str = include_str!("../../../shaders/common/kv_encode.wgsl");
+
+/// Which KV row functions a kernel needs (see `shaders/common/kv_format.wgsl`).
+pub(crate) struct KvAccess {
+    pub k: crate::kv::KvType,
+    /// V's type when the kernel reads V.
+    pub v: Option<crate::kv::KvType>,
+    /// Also the encoders (`k_store`, `v_store`), reading f32 bindings `k` and `v`.
+    pub encode: bool,
+}
+
+/// The pipeline of a kernel over KV rows, specialized for the storage types.
+pub(crate) fn kv_pipeline(
+    ctx: &GpuContext,
+    kernel: &str,
+    wgsl: &'static str,
+    access: &KvAccess,
+) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
+    let v = access.v.unwrap_or_default();
+    let key = format!("{kernel}.k{}.v{}", access.k.name(), v.name());
+    ctx.pipeline(&key, &[], || {
+        let piece = |template: &str, name: &str, buf: &str, ty: &str, src: &str| {
+            template
+                .replace("KVNAME", name)
+                .replace("KVBUF", buf)
+                .replace("KVTY", ty)
+                .replace("KVSRC", src)
+        };
+        let mut code = format!(
+            "const K_TYPE: u32 = {}u;\nconst V_TYPE: u32 = {}u;\n",
+            access.k.shader_id(),
+            v.shader_id()
+        );
+        code += &piece(KV_FORMAT_WGSL, "k", "kc", "K_TYPE", "k");
+        if access.v.is_some() {
+            code += &piece(KV_FORMAT_WGSL, "v", "vc", "V_TYPE", "v");
+        }
+        if access.encode {
+            code += &piece(KV_ENCODE_WGSL, "k", "kc", "K_TYPE", "k");
+            code += &piece(KV_ENCODE_WGSL, "v", "vc", "V_TYPE", "v");
+        }
+        code + wgsl
+    })
+}
 
 /// The dequantizer suffix of a type in `dequant.wgsl`.
 fn dequant_fn(ty: GgmlType) -> Result<&'static str> {

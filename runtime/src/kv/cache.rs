@@ -1,5 +1,6 @@
-//! A preallocated f16 KV cache on the GPU. Per layer, one K and one V buffer laid out
-//! [kv_head][slot][head_dim], `capacity` slots per head, written in place by
+//! A preallocated KV cache on the GPU. Per layer, one K and one V buffer laid out
+//! [kv_head][slot][row], `capacity` slots per head, each row one token's head_dim values
+//! in the storage type of K or V (`kv::format`: f16, q8, q4), written in place by
 //! `kernels::kv_store`; nothing grows by concatenation.
 //!
 //! Slots and positions are counted apart: `used` slots hold tokens, `position` tokens have
@@ -11,7 +12,7 @@
 
 use crate::gpu::GpuContext;
 use crate::kernels::{kv_compact, kv_select};
-use crate::kv::{KvGeometry, KvPlan};
+use crate::kv::{KvGeometry, KvPlan, KvType};
 use crate::{Error, Result};
 
 /// Geometry of a KV cache.
@@ -22,17 +23,44 @@ pub struct KvCacheConfig {
     pub head_dim: usize,
     /// Slots per layer and KV head.
     pub capacity: usize,
+    pub k_type: KvType,
+    pub v_type: KvType,
 }
 
 impl KvCacheConfig {
-    /// Bytes of one layer's K (or V) buffer.
-    pub fn layer_bytes(&self) -> u64 {
-        (self.n_kv_heads * self.capacity * self.head_dim * 2) as u64
+    /// An f16 cache of this shape.
+    pub fn f16(n_layers: usize, n_kv_heads: usize, head_dim: usize, capacity: usize) -> Self {
+        Self {
+            n_layers,
+            n_kv_heads,
+            head_dim,
+            capacity,
+            k_type: KvType::F16,
+            v_type: KvType::F16,
+        }
+    }
+
+    /// u32 words of one K row (one token of one head).
+    pub fn k_row_words(&self) -> usize {
+        self.k_type.row_words(self.head_dim)
+    }
+
+    pub fn v_row_words(&self) -> usize {
+        self.v_type.row_words(self.head_dim)
+    }
+
+    /// Words of one layer's K buffer.
+    pub fn k_layer_words(&self) -> usize {
+        self.n_kv_heads * self.capacity * self.k_row_words()
+    }
+
+    pub fn v_layer_words(&self) -> usize {
+        self.n_kv_heads * self.capacity * self.v_row_words()
     }
 
     /// Exact bytes of the whole cache (K and V of every layer).
     pub fn total_bytes(&self) -> u64 {
-        2 * self.n_layers as u64 * self.layer_bytes()
+        4 * self.n_layers as u64 * (self.k_layer_words() + self.v_layer_words()) as u64
     }
 
     pub fn geometry(&self) -> KvGeometry {
@@ -94,18 +122,23 @@ pub struct KvCache {
 impl KvCache {
     /// A cache of `plan.slots` slots per layer and KV head.
     pub fn new(ctx: &GpuContext, geom: KvGeometry, plan: KvPlan) -> Result<Self> {
-        let config = KvCacheConfig {
-            n_layers: geom.n_layers,
-            n_kv_heads: geom.n_kv_heads,
-            head_dim: geom.head_dim,
-            capacity: plan.slots,
-        };
-        if !config.head_dim.is_multiple_of(2) || config.capacity == 0 || config.n_kv_heads == 0 {
+        let config = plan.cache_config(geom);
+        if config.capacity == 0 || config.n_kv_heads == 0 {
             return Err(Error::InvalidArgument(format!(
-                "KV cache needs an even head dim and non-zero heads and capacity, got {config:?}"
+                "KV cache needs non-zero heads and capacity, got {config:?}"
             )));
         }
-        let bytes = config.layer_bytes();
+        for ty in [config.k_type, config.v_type] {
+            if !ty.supports(config.head_dim) {
+                return Err(Error::InvalidArgument(format!(
+                    "KV type {} cannot store head dim {} (f16 needs it even, q8/q4 a multiple of 32)",
+                    ty.name(),
+                    config.head_dim
+                )));
+            }
+        }
+        let words = config.k_layer_words().max(config.v_layer_words());
+        let bytes = words as u64 * 4;
         if bytes > ctx.max_binding() {
             return Err(Error::TooLarge {
                 what: format!("one layer of the KV cache ({} slots)", config.capacity),
@@ -114,8 +147,7 @@ impl KvCache {
                 limit_name: "max_storage_buffer_binding_size",
             });
         }
-        let words = (bytes / 4) as usize;
-        let make = |name: &str| {
+        let make = |name: &str, words: usize| {
             (0..config.n_layers)
                 .map(|i| ctx.storage_f32(&format!("kv.{name}.{i}"), words))
                 .collect::<Result<Vec<_>>>()
@@ -131,8 +163,8 @@ impl KvCache {
                 } else {
                     Vec::new()
                 },
-                spare_k: ctx.storage_f32("kv.spare.k", words)?,
-                spare_v: ctx.storage_f32("kv.spare.v", words)?,
+                spare_k: ctx.storage_f32("kv.spare.k", config.k_layer_words())?,
+                spare_v: ctx.storage_f32("kv.spare.v", config.v_layer_words())?,
                 spare_s: if scored {
                     Some(ctx.storage_f32("kv.spare.score", per_head)?)
                 } else {
@@ -145,8 +177,8 @@ impl KvCache {
             None
         };
         Ok(Self {
-            k: make("k")?,
-            v: make("v")?,
+            k: make("k", config.k_layer_words())?,
+            v: make("v", config.v_layer_words())?,
             ev,
             config,
             plan,
@@ -280,24 +312,25 @@ impl KvCache {
 
 #[cfg(test)]
 mod tests {
-    use half::f16;
-
     use super::*;
     use crate::kernels::check::{assert_close, test_context, test_seed};
     use crate::kernels::{attention, kv_store};
     use crate::kv::{KvBudget, KvOptions, KvPolicy};
     use crate::rng::SplitMix64;
 
-    fn read_f16(ctx: &GpuContext, b: &wgpu::Buffer, n: usize) -> Vec<f16> {
-        let w = ctx.read_f32(b, n / 2).unwrap();
-        bytemuck::cast_slice::<f32, f16>(&w).to_vec()
+    fn read_words(ctx: &GpuContext, b: &wgpu::Buffer, n: usize) -> Vec<u32> {
+        ctx.read_f32(b, n)
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
     }
 
     /// Fill a cache past its budget with random K/V, evict on the GPU, and check the
     /// invariants: the budget holds, sinks stay in the first slots, and for `window`
     /// attention over the compacted cache equals dense attention over the original cache
     /// under a sink+window mask.
-    fn evict_and_check(policy: KvPolicy) {
+    fn evict_and_check(policy: KvPolicy, kt: KvType, vt: KvType) {
         let Some(ctx) = test_context() else { return };
         let geom = KvGeometry {
             n_layers: 2,
@@ -309,6 +342,9 @@ mod tests {
             policy,
             sinks: 4,
             seed: 3,
+            k_type: kt,
+            v_type: vt,
+            hadamard_k: false,
         };
         let plan = KvPlan::new(&opts, geom, 1 << 20, 512).unwrap();
         let mut cache = KvCache::new(ctx, geom, plan).unwrap();
@@ -320,30 +356,22 @@ mod tests {
             rng.vec_f32(n * width, -1.0, 1.0),
             rng.vec_f32(n * width, -1.0, 1.0),
         );
-        let (gk, gv) = (ctx.upload("k", &k).unwrap(), ctx.upload("v", &v).unwrap());
+        // The rows as the CPU encodes them, written straight into every layer.
+        let mut full_k = vec![0u32; cfg.k_layer_words()];
+        let mut full_v = vec![0u32; cfg.v_layer_words()];
+        kv_store::reference(&cfg, kt, &k, &mut full_k, n, 0);
+        kv_store::reference(&cfg, vt, &v, &mut full_v, n, 0);
         if let Some(s) = cache.scores(0) {
-            ctx.queue.write_buffer(
-                s,
-                0,
-                bytemuck::cast_slice(&rng.vec_f32(cfg.n_kv_heads * n, 0.0, 1.0)),
-            );
+            let scores = rng.vec_f32(cfg.n_kv_heads * n, 0.0, 1.0);
+            ctx.queue.write_buffer(s, 0, bytemuck::cast_slice(&scores));
         }
-        let mut enc = ctx.encoder("fill");
         for l in 0..cfg.n_layers {
-            kv_store::record(
-                ctx,
-                &mut enc,
-                &cfg,
-                &gk,
-                &gv,
-                &cache.k[l],
-                &cache.v[l],
-                n,
-                0,
-            )
-            .unwrap();
+            ctx.queue
+                .write_buffer(&cache.k[l], 0, bytemuck::cast_slice(&full_k));
+            ctx.queue
+                .write_buffer(&cache.v[l], 0, bytemuck::cast_slice(&full_v));
         }
-        ctx.submit_wait(enc).unwrap();
+        ctx.wait().unwrap();
         cache.advance(n).unwrap();
         assert!(cache.needs_eviction(1));
         let mut enc = ctx.encoder("evict");
@@ -354,15 +382,13 @@ mod tests {
         assert_eq!(cache.position(), n, "positions are not rewound");
         assert_eq!(cache.stats().evicted, (n - keep) as u64);
 
-        let mut full_k = vec![f16::ZERO; (cfg.layer_bytes() / 2) as usize];
-        kv_store::reference(&cfg, &k, &mut full_k, n, 0);
-        let got_k = read_f16(ctx, &cache.k[0], full_k.len());
-        let hd = cfg.head_dim;
+        let got_k = read_words(ctx, &cache.k[0], full_k.len());
+        let (hd, kr, vr) = (cfg.head_dim, cfg.k_row_words(), cfg.v_row_words());
         for h in 0..cfg.n_kv_heads {
-            let base = h * cfg.capacity * hd;
+            let base = h * cfg.capacity * kr;
             assert_eq!(
-                got_k[base..base + 4 * hd],
-                full_k[base..base + 4 * hd],
+                got_k[base..base + 4 * kr],
+                full_k[base..base + 4 * kr],
                 "{policy:?}: sinks kept in place"
             );
         }
@@ -372,15 +398,13 @@ mod tests {
         // Dense attention over the original cache restricted to sinks + the last slots.
         let recent = keep - 4;
         let slots: Vec<usize> = (0..4).chain(n - recent..n).collect();
-        let mut mk = vec![f16::ZERO; full_k.len()];
-        let mut mv = mk.clone();
-        let mut full_v = mk.clone();
-        kv_store::reference(&cfg, &v, &mut full_v, n, 0);
+        let mut mk = vec![0u32; full_k.len()];
+        let mut mv = vec![0u32; full_v.len()];
         for h in 0..cfg.n_kv_heads {
             for (i, &j) in slots.iter().enumerate() {
-                let (d, s) = ((h * cfg.capacity + i) * hd, (h * cfg.capacity + j) * hd);
-                mk[d..d + hd].copy_from_slice(&full_k[s..s + hd]);
-                mv[d..d + hd].copy_from_slice(&full_v[s..s + hd]);
+                let (d, s) = (h * cfg.capacity + i, h * cfg.capacity + j);
+                mk[d * kr..(d + 1) * kr].copy_from_slice(&full_k[s * kr..(s + 1) * kr]);
+                mv[d * vr..(d + 1) * vr].copy_from_slice(&full_v[s * vr..(s + 1) * vr]);
             }
         }
         let n_heads = 6;
@@ -414,12 +438,13 @@ mod tests {
 
     #[test]
     fn window_eviction_equals_a_sink_window_mask() {
-        evict_and_check(KvPolicy::Window);
+        evict_and_check(KvPolicy::Window, KvType::F16, KvType::F16);
+        evict_and_check(KvPolicy::Window, KvType::Q8, KvType::Q4);
     }
 
     #[test]
     fn score_policies_keep_sinks_and_the_budget() {
-        evict_and_check(KvPolicy::H2o);
-        evict_and_check(KvPolicy::Nacl);
+        evict_and_check(KvPolicy::H2o, KvType::F16, KvType::F16);
+        evict_and_check(KvPolicy::Nacl, KvType::Q4, KvType::Q8);
     }
 }

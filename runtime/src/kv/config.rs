@@ -23,6 +23,7 @@
 use std::str::FromStr;
 
 use crate::kernels::kv_select::SelectPlan;
+use crate::kv::{KvCacheConfig, KvType};
 use crate::{Error, Result};
 
 /// How much KV cache a session may use.
@@ -123,6 +124,12 @@ pub struct KvOptions {
     pub sinks: usize,
     /// Seed of NACL's random sample.
     pub seed: u64,
+    /// Storage types of K and V.
+    pub k_type: KvType,
+    pub v_type: KvType,
+    /// Rotate Q and K by a Walsh-Hadamard transform before K is stored
+    /// (`kernels::hadamard`): q·k is unchanged, K's outliers are spread before quantization.
+    pub hadamard_k: bool,
 }
 
 impl Default for KvOptions {
@@ -132,6 +139,9 @@ impl Default for KvOptions {
             policy: KvPolicy::Full,
             sinks: 4,
             seed: 0,
+            k_type: KvType::F16,
+            v_type: KvType::F16,
+            hadamard_k: false,
         }
     }
 }
@@ -145,9 +155,10 @@ pub struct KvGeometry {
 }
 
 impl KvGeometry {
-    /// Bytes one slot takes across all layers, K and V, f16.
-    pub fn bytes_per_slot(&self) -> u64 {
-        (2 * self.n_layers * self.n_kv_heads * self.head_dim * 2) as u64
+    /// Bytes one slot takes across all layers, K and V, in their storage types.
+    pub fn bytes_per_slot(&self, k: KvType, v: KvType) -> u64 {
+        let words = k.row_words(self.head_dim) + v.row_words(self.head_dim);
+        (4 * words * self.n_layers * self.n_kv_heads) as u64
     }
 }
 
@@ -161,6 +172,9 @@ pub struct KvPlan {
     pub keep: usize,
     pub sinks: usize,
     pub seed: u64,
+    pub k_type: KvType,
+    pub v_type: KvType,
+    pub hadamard_k: bool,
 }
 
 impl KvPlan {
@@ -174,6 +188,9 @@ impl KvPlan {
                     keep: context,
                     sinks: 0,
                     seed: opts.seed,
+                    k_type: opts.k_type,
+                    v_type: opts.v_type,
+                    hadamard_k: opts.hadamard_k,
                 })
             }
             (KvPolicy::Full, Some(b)) => {
@@ -189,7 +206,9 @@ impl KvPlan {
                 )))
             }
             (_, Some(KvBudget::Tokens(n))) => n,
-            (_, Some(KvBudget::Bytes(b))) => (b / geom.bytes_per_slot()) as usize,
+            (_, Some(KvBudget::Bytes(b))) => {
+                (b / geom.bytes_per_slot(opts.k_type, opts.v_type)) as usize
+            }
         };
         let min = opts.sinks + 32;
         if slots < min {
@@ -197,7 +216,7 @@ impl KvPlan {
                 "KV budget of {slots} slots is too small: the policy needs at least {min} \
                  ({} sinks + 32), at {} bytes per slot",
                 opts.sinks,
-                geom.bytes_per_slot()
+                geom.bytes_per_slot(opts.k_type, opts.v_type)
             )));
         }
         let headroom = (slots / 8).max(16).min(chunk.max(1));
@@ -207,7 +226,22 @@ impl KvPlan {
             keep: slots - headroom,
             sinks: opts.sinks,
             seed: opts.seed,
+            k_type: opts.k_type,
+            v_type: opts.v_type,
+            hadamard_k: opts.hadamard_k,
         })
+    }
+
+    /// The cache this plan allocates for a model of shape `geom`.
+    pub fn cache_config(&self, geom: KvGeometry) -> KvCacheConfig {
+        KvCacheConfig {
+            n_layers: geom.n_layers,
+            n_kv_heads: geom.n_kv_heads,
+            head_dim: geom.head_dim,
+            capacity: self.slots,
+            k_type: self.k_type,
+            v_type: self.v_type,
+        }
     }
 
     /// Whether the cache ever evicts.
@@ -258,16 +292,24 @@ impl KvPlan {
 
     /// A one-line description for reports.
     pub fn describe(&self) -> String {
+        let mut types = if self.k_type == self.v_type {
+            self.k_type.name().to_string()
+        } else {
+            format!("K {} V {}", self.k_type.name(), self.v_type.name())
+        };
+        if self.hadamard_k {
+            types += " (Hadamard K)";
+        }
         if self.evicts() {
             format!(
-                "{} budget {} slots (evicts to {}), {} sinks",
+                "{types} {} budget {} slots (evicts to {}), {} sinks",
                 self.policy.name(),
                 self.slots,
                 self.keep,
                 self.sinks
             )
         } else {
-            format!("full {} slots", self.slots)
+            format!("{types} full {} slots", self.slots)
         }
     }
 }
@@ -339,7 +381,8 @@ mod tests {
             512,
         )
         .unwrap();
-        assert_eq!(G.bytes_per_slot(), 23040);
+        assert_eq!(G.bytes_per_slot(KvType::F16, KvType::F16), 23040);
+        assert_eq!(G.bytes_per_slot(KvType::Q8, KvType::Q4), 30 * 3 * (68 + 36));
         assert_eq!(p.slots, (64 << 20) / 23040);
         assert_eq!(p.keep, p.slots - 364);
         for policy in [KvPolicy::Window, KvPolicy::H2o, KvPolicy::Nacl] {

@@ -1,9 +1,12 @@
 //! The KV cache: storage, budgets, eviction and memory accounting. [`KvPlan`] resolves a
-//! session's [`KvOptions`] (budget, policy) into slots; [`KvCache`] holds the f16 K and V
-//! of every layer on the GPU, with the per-slot scores the score-based policies keep.
+//! session's [`KvOptions`] (budget, policy, storage types) into slots; [`KvCache`] holds
+//! the K and V of every layer on the GPU in their [`KvType`] (f16, q8, q4), with the
+//! per-slot scores the score-based policies keep.
 
 mod cache;
 mod config;
+mod format;
 
 pub use cache::{KvCache, KvCacheConfig, KvStats};
 pub use config::{KvBudget, KvGeometry, KvOptions, KvPlan, KvPolicy};
+pub use format::{decode_row, encode_row, KvType, KV_BLOCK};
