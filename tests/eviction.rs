@@ -121,7 +121,7 @@ fn synthetic_gpu_matches_cpu_under_every_policy() {
 fn synthetic_gpu_matches_cpu_with_quantized_kv() {
     let path = synthetic("quantized");
     let prompt: Vec<u32> = (0..150).map(|i| (i * 37 + 5) % 300).collect();
-    for (policy, k_type, v_type, hadamard_k) in [
+    for (policy, k_type, v_type, rotate) in [
         (KvPolicy::Full, KvType::Q8, KvType::Q8, false),
         (KvPolicy::Full, KvType::Q4, KvType::Q4, true),
         (KvPolicy::H2o, KvType::Q8, KvType::Q4, false),
@@ -131,7 +131,7 @@ fn synthetic_gpu_matches_cpu_with_quantized_kv() {
             budget: (policy != KvPolicy::Full).then_some(KvBudget::Tokens(64)),
             k_type,
             v_type,
-            hadamard_k,
+            hadamard: Some(rotate),
             ..opts(policy, 64)
         };
         gpu_matches_cpu_with_eviction(&path, &kv, &prompt, 20, 5e-2);
@@ -156,6 +156,17 @@ fn smollm2_gpu_matches_cpu_under_eviction() {
         // The full-cache bound of tests/forward.rs for SmolLM2.
         gpu_matches_cpu_with_eviction(&path, &opts(policy, 48), &prompt, 4, 3e-3);
     }
+    // q8 K and V (rotated, the default for quantized types) under h2o. The GPU's and the
+    // CPU's K and V differ by float rounding before quantization, so values near a
+    // rounding boundary land one code apart (see the synthetic test above); measured
+    // 2.9e-2 here, so this bound only catches a broken decode (errors of order 1), and
+    // q8's quality is judged by perplexity (docs/EVAL.md).
+    let q8 = KvOptions {
+        k_type: KvType::Q8,
+        v_type: KvType::Q8,
+        ..opts(KvPolicy::H2o, 48)
+    };
+    gpu_matches_cpu_with_eviction(&path, &q8, &prompt, 4, 5e-2);
 }
 
 /// A long greedy generation on a tiny budget: never "context full", the cache never

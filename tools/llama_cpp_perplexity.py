@@ -23,6 +23,8 @@ def main():
     ap.add_argument("text")
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--chunks", type=int, default=0)
+    ap.add_argument("--cache-type", choices=["f16", "q8_0", "q4_0"], default="f16",
+                    help="KV cache type for K and V (llama-perplexity's -ctk/-ctv)")
     ap.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto",
                     help="llama.cpp's flash attention (its default: auto)")
     a = ap.parse_args()
@@ -49,6 +51,7 @@ def main():
         cp.n_batch = a.ctx
         cp.n_ubatch = a.ctx
         cp.flash_attn_type = {"auto": -1, "off": 0, "on": 1}[a.flash_attn]
+        cp.type_k = cp.type_v = {"f16": 1, "q8_0": 8, "q4_0": 2}[a.cache_type]  # ggml_type ids
         ctx = L.LlamaContext(model, cp)
         batch = L.LlamaBatch(n_tokens=a.ctx, embd=0, n_seq_max=1)
         for j, t in enumerate(win):

@@ -29,6 +29,22 @@ pub struct ModelArgs {
     pub kv: KvArgs,
 }
 
+/// auto | on | off.
+#[derive(Clone, Copy, Debug)]
+pub struct Toggle(pub Option<bool>);
+
+impl std::str::FromStr for Toggle {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Toggle(None)),
+            "on" => Ok(Toggle(Some(true))),
+            "off" => Ok(Toggle(Some(false))),
+            other => Err(format!("'{other}': expected auto, on or off")),
+        }
+    }
+}
+
 /// KV cache budget and eviction, shared by run, chat, eval and bench.
 #[derive(Args, Clone, Debug)]
 pub struct KvArgs {
@@ -55,9 +71,10 @@ pub struct KvArgs {
     /// Storage type of V alone (overrides --kv-type)
     #[arg(long)]
     pub kv_type_v: Option<KvType>,
-    /// Rotate Q and K by a Walsh-Hadamard transform before K is stored (helps q4 K)
-    #[arg(long)]
-    pub kv_hadamard: bool,
+    /// Walsh-Hadamard rotation of Q, K, V before they are stored: auto (on when K or V is
+    /// quantized, as llama.cpp does), on, off
+    #[arg(long, default_value = "auto")]
+    pub kv_rotate: Toggle,
 }
 
 impl KvArgs {
@@ -69,7 +86,7 @@ impl KvArgs {
             seed: self.kv_seed,
             k_type: self.kv_type_k.unwrap_or(self.kv_type),
             v_type: self.kv_type_v.unwrap_or(self.kv_type),
-            hadamard_k: self.kv_hadamard,
+            hadamard: self.kv_rotate.0,
         }
     }
 }

@@ -307,9 +307,10 @@ impl CpuForward {
             }
             rope::reference(&mut q, &pos, &model.rope(hp.n_heads))?;
             rope::reference(&mut k, &pos, &model.rope(hp.n_kv_heads))?;
-            if self.plan.hadamard_k {
+            if self.plan.hadamard {
                 hadamard::reference(&mut q, hp.head_dim)?;
                 hadamard::reference(&mut k, hp.head_dim)?;
+                hadamard::reference(&mut v, hp.head_dim)?;
             }
             let (kt, vt) = (self.cfg.k_type, self.cfg.v_type);
             kv_store::reference(&self.cfg, kt, &k, &mut self.kc[l], m, self.used);
@@ -333,6 +334,10 @@ impl CpuForward {
                     accumulate,
                 };
                 attn_score::reference(&self.cfg, &r, &q, &self.kc[l], scores, model.attn_scale())?;
+            }
+            let mut att = att;
+            if self.plan.hadamard {
+                hadamard::reference(&mut att, hp.head_dim)?;
             }
             let o = self.proj(&b("attn_output.weight"), &att, m)?;
             add::reference(&mut x, &o);

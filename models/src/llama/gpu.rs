@@ -353,9 +353,11 @@ impl GpuForward {
             }
             rope::record(ctx, &mut enc, &s.q, &s.pos, m, &rope_q)?;
             rope::record(ctx, &mut enc, &s.k, &s.pos, m, &rope_k)?;
-            if self.kv.plan.hadamard_k {
+            let rotate = self.kv.plan.hadamard;
+            if rotate {
                 hadamard::record(ctx, &mut enc, &s.q, m * hp.n_heads, hp.head_dim)?;
                 hadamard::record(ctx, &mut enc, &s.k, m * hp.n_kv_heads, hp.head_dim)?;
+                hadamard::record(ctx, &mut enc, &s.v, m * hp.n_kv_heads, hp.head_dim)?;
             }
             kv_store::record(
                 ctx,
@@ -401,6 +403,9 @@ impl GpuForward {
                     scores,
                     model.attn_scale(),
                 )?;
+            }
+            if rotate {
+                hadamard::record(ctx, &mut enc, &s.att, m * hp.n_heads, hp.head_dim)?;
             }
             self.proj(&mut enc, &lw.wo, &s.att, &s.proj, m)?;
             add::record(ctx, &mut enc, &s.x, &s.proj, m * e, m * e)?;

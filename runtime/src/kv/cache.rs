@@ -344,7 +344,7 @@ mod tests {
             seed: 3,
             k_type: kt,
             v_type: vt,
-            hadamard_k: false,
+            hadamard: Some(false),
         };
         let plan = KvPlan::new(&opts, geom, 1 << 20, 512).unwrap();
         let mut cache = KvCache::new(ctx, geom, plan).unwrap();

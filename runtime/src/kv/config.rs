@@ -127,9 +127,11 @@ pub struct KvOptions {
     /// Storage types of K and V.
     pub k_type: KvType,
     pub v_type: KvType,
-    /// Rotate Q and K by a Walsh-Hadamard transform before K is stored
-    /// (`kernels::hadamard`): q·k is unchanged, K's outliers are spread before quantization.
-    pub hadamard_k: bool,
+    /// Rotate Q, K and V by a Walsh-Hadamard transform before K and V are stored, and the
+    /// attention output back (`kernels::hadamard`): attention is unchanged, outlier
+    /// channels are spread before quantization. None: on when K or V is quantized (as
+    /// llama.cpp does since its PR 21038).
+    pub hadamard: Option<bool>,
 }
 
 impl Default for KvOptions {
@@ -141,8 +143,16 @@ impl Default for KvOptions {
             seed: 0,
             k_type: KvType::F16,
             v_type: KvType::F16,
-            hadamard_k: false,
+            hadamard: None,
         }
+    }
+}
+
+impl KvOptions {
+    /// Whether Q, K and V are rotated: as asked, else when K or V is quantized.
+    pub fn rotates(&self) -> bool {
+        self.hadamard
+            .unwrap_or(self.k_type != KvType::F16 || self.v_type != KvType::F16)
     }
 }
 
@@ -174,7 +184,7 @@ pub struct KvPlan {
     pub seed: u64,
     pub k_type: KvType,
     pub v_type: KvType,
-    pub hadamard_k: bool,
+    pub hadamard: bool,
 }
 
 impl KvPlan {
@@ -190,7 +200,7 @@ impl KvPlan {
                     seed: opts.seed,
                     k_type: opts.k_type,
                     v_type: opts.v_type,
-                    hadamard_k: opts.hadamard_k,
+                    hadamard: opts.rotates(),
                 })
             }
             (KvPolicy::Full, Some(b)) => {
@@ -228,7 +238,7 @@ impl KvPlan {
             seed: opts.seed,
             k_type: opts.k_type,
             v_type: opts.v_type,
-            hadamard_k: opts.hadamard_k,
+            hadamard: opts.rotates(),
         })
     }
 
@@ -297,8 +307,8 @@ impl KvPlan {
         } else {
             format!("K {} V {}", self.k_type.name(), self.v_type.name())
         };
-        if self.hadamard_k {
-            types += " (Hadamard K)";
+        if self.hadamard {
+            types += " rotated";
         }
         if self.evicts() {
             format!(
