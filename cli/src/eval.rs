@@ -14,6 +14,8 @@ use crate::generate::{resolve_model, ModelArgs};
 pub enum EvalCommand {
     /// Perplexity over a text file in windows of --ctx tokens (second half of each scored).
     Ppl(PplArgs),
+    /// Needle-in-a-haystack retrieval over a grid of prompt lengths and needle depths.
+    Needle(crate::needle::NeedleArgs),
 }
 
 #[derive(Args)]
@@ -37,7 +39,10 @@ pub struct PplArgs {
 }
 
 pub fn run(cmd: &EvalCommand) -> Result<(), Box<dyn std::error::Error>> {
-    let EvalCommand::Ppl(args) = cmd;
+    let args = match cmd {
+        EvalCommand::Ppl(args) => args,
+        EvalCommand::Needle(args) => return crate::needle::run(args),
+    };
     let bytes = std::fs::read(&args.text).map_err(|e| format!("{}: {e}", args.text.display()))?;
     let text = String::from_utf8(bytes)
         .map_err(|e| format!("{}: not UTF-8 text ({e})", args.text.display()))?;

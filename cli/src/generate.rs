@@ -134,6 +134,11 @@ impl SamplingArgs {
 type Res = Result<(), Box<dyn std::error::Error>>;
 
 fn default_model() -> Result<PathBuf, String> {
+    find_in_cache(DEFAULT_MODEL).ok_or_else(|| format!("no model given and the default {DEFAULT_MODEL} is not fetched: run `bash models/fetch.sh` or pass -m FILE"))
+}
+
+/// `name` in the model cache (KVEDGE_MODEL_CACHE, ./models/cache, or the repository's).
+pub fn find_in_cache(name: &str) -> Option<PathBuf> {
     let mut places = Vec::new();
     if let Some(dir) = std::env::var_os("KVEDGE_MODEL_CACHE") {
         places.push(PathBuf::from(dir));
@@ -145,11 +150,7 @@ fn default_model() -> Result<PathBuf, String> {
             places.push(root.join("models/cache"));
         }
     }
-    places
-        .iter()
-        .map(|p| p.join(DEFAULT_MODEL))
-        .find(|p| p.exists())
-        .ok_or_else(|| format!("no model given and the default {DEFAULT_MODEL} is not fetched: run `bash models/fetch.sh` or pass -m FILE"))
+    places.iter().map(|p| p.join(name)).find(|p| p.exists())
 }
 
 /// The model file named by `-m`, or the default one.

@@ -12,6 +12,7 @@ mod devices;
 mod eval;
 mod generate;
 mod inspect;
+mod needle;
 mod synth;
 
 use std::path::PathBuf;
