@@ -15,6 +15,9 @@
 //
 // Slots, not positions: with eviction the cache is compacted in slot order, so query t of
 // the chunk still attends to slots 0..=n_past + t (RoPE already holds the positions).
+//
+// Sparse decode (TidalDecode): with n_sel > 0 a single query attends only to the n_sel
+// slots listed per KV head in sel[kv_head][0..n_sel] instead of every slot.
 
 struct Params {
     head_dim: u32,
@@ -25,6 +28,10 @@ struct Params {
     n_past: u32,
     scale: f32,
     grid_x: u32,
+    n_sel: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
@@ -32,7 +39,16 @@ struct Params {
 @group(0) @binding(2) var<storage, read> vc: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(5) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> sel: array<u32>;
+@group(0) @binding(6) var<uniform> p: Params;
+
+// The cache slot of the j-th key this query attends to.
+fn key_slot(kvh: u32, j: u32) -> u32 {
+    if (p.n_sel > 0u) {
+        return sel[kvh * p.n_sel + j];
+    }
+    return j;
+}
 
 const WG: u32 = 64u;
 const MAX_HD: u32 = 256u;
@@ -52,7 +68,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let kvh = h / (p.n_heads / p.n_kv_heads);
     let hd = p.head_dim;
     let half = hd / 2u;
-    let n_keys = p.n_past + t + 1u;
+    var n_keys = p.n_past + t + 1u;
+    if (p.n_sel > 0u) {
+        n_keys = p.n_sel;
+    }
     let qbase = (t * p.n_heads + h) * hd;
     for (var d = lid.x; d < hd; d += WG) {
         qs[d] = q[qbase + d] * p.scale;
@@ -69,7 +88,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let j = kb + lid.x;
         var s = NEG;
         if (j < n_keys) {
-            let kw = (head_row + j) * krow;
+            let kw = (head_row + key_slot(kvh, j)) * krow;
             var dot = 0.0;
             if (K_TYPE == 0u) {
                 for (var i = 0u; i < half; i++) {
@@ -105,7 +124,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             if (d < hd) {
                 var a = acc[c] * corr;
                 for (var i = 0u; i < nb; i++) {
-                    a += prob[i] * v_at((head_row + kb + i) * vrow, d, hd);
+                    a += prob[i] * v_at((head_row + key_slot(kvh, kb + i)) * vrow, d, hd);
                 }
                 acc[c] = a;
             }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use kvedge_models::{Device, LoadOptions, Model, SessionConfig};
-use kvedge_runtime::kv::{KvBudget, KvOptions, KvPolicy, KvType};
+use kvedge_runtime::kv::{KvBudget, KvOptions, KvPolicy, KvType, TidalOptions};
 use kvedge_runtime::sample::SamplingOptions;
 use kvedge_runtime::session::{GenerateOptions, Session, Stats};
 
@@ -75,6 +75,25 @@ pub struct KvArgs {
     /// quantized, as llama.cpp does), on, off
     #[arg(long, default_value = "auto")]
     pub kv_rotate: Toggle,
+    /// Sparse decode: off, or tidal (TidalDecode: dense layers up to a selection layer,
+    /// then attention over the top --tidal-k slots per KV head)
+    #[arg(long, default_value = "off", value_parser = ["off", "tidal"])]
+    pub sparse_decode: String,
+    /// Slots per KV head that TidalDecode's sparse layers read
+    #[arg(long, default_value_t = 256)]
+    pub tidal_k: usize,
+    /// TidalDecode's selection and re-selection layers (default: 2 and half the layers)
+    #[arg(long, value_parser = parse_layer_pair)]
+    pub tidal_layers: Option<(usize, usize)>,
+}
+
+fn parse_layer_pair(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("'{s}': expected two layer numbers, e.g. 2,14");
+    let (a, b) = s.split_once(',').ok_or_else(bad)?;
+    Ok((
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    ))
 }
 
 impl KvArgs {
@@ -87,6 +106,10 @@ impl KvArgs {
             k_type: self.kv_type_k.unwrap_or(self.kv_type),
             v_type: self.kv_type_v.unwrap_or(self.kv_type),
             hadamard: self.kv_rotate.0,
+            tidal: (self.sparse_decode == "tidal").then_some(TidalOptions {
+                k: self.tidal_k,
+                layers: self.tidal_layers,
+            }),
         }
     }
 }

@@ -13,7 +13,7 @@ use kvedge_runtime::kernels::attn_score::{self, ScoreRange};
 use kvedge_runtime::kernels::{
     add, attention, embed, hadamard, kv_compact, kv_select, kv_store, rmsnorm, rope, silu_mul,
 };
-use kvedge_runtime::kv::{KvCacheConfig, KvOptions, KvPlan, KvPolicy, KvStats};
+use kvedge_runtime::kv::{KvCacheConfig, KvOptions, KvPlan, KvPolicy, KvStats, TidalRole};
 use kvedge_runtime::quant::dequantize;
 
 use super::LlamaModel;
@@ -35,6 +35,8 @@ pub struct CpuForward {
     evictions: u64,
     chunk: usize,
     threads: usize,
+    /// TidalDecode's last selection ([n_kv_heads][k]).
+    tidal_sel: Vec<u32>,
 }
 
 /// Dot product in f32 over 16 independent lanes, a shape the compiler vectorizes
@@ -163,6 +165,7 @@ impl CpuForward {
             evicted: 0,
             evictions: 0,
             chunk: chunk.min(plan.max_chunk()),
+            tidal_sel: Vec::new(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
     }
@@ -184,6 +187,11 @@ impl CpuForward {
     pub fn reset(&mut self) {
         self.used = 0;
         self.position = 0;
+    }
+
+    /// The slots TidalDecode's last selection layer chose ([n_kv_heads][k]), for tests.
+    pub fn tidal_selection(&self) -> Option<Vec<u32>> {
+        self.plan.tidal.map(|_| self.tidal_sel.clone())
     }
 
     pub fn kv_stats(&self) -> KvStats {
@@ -315,17 +323,61 @@ impl CpuForward {
             let (kt, vt) = (self.cfg.k_type, self.cfg.v_type);
             kv_store::reference(&self.cfg, kt, &k, &mut self.kc[l], m, self.used);
             kv_store::reference(&self.cfg, vt, &v, &mut self.vc[l], m, self.used);
-            let att = attention::reference(
-                &self.cfg,
-                hp.n_heads,
-                &q,
-                &self.kc[l],
-                &self.vc[l],
-                m,
-                self.used,
-                model.attn_scale(),
-            )?;
-            if let (Some((q0, accumulate)), Some(scores)) = (score_range, self.scores.get_mut(l)) {
+            // TidalDecode, as the GPU pass does it (see kv::config).
+            let tidal = self.plan.tidal.filter(|t| m == 1 && self.used + 1 > t.k);
+            let role = tidal.map_or(TidalRole::Dense, |t| t.role(l));
+            let att = if let (TidalRole::Sparse, Some(t)) = (role, tidal) {
+                attention::reference_sparse(
+                    &self.cfg,
+                    hp.n_heads,
+                    &q,
+                    &self.kc[l],
+                    &self.vc[l],
+                    &self.tidal_sel,
+                    t.k,
+                    model.attn_scale(),
+                )?
+            } else {
+                attention::reference(
+                    &self.cfg,
+                    hp.n_heads,
+                    &q,
+                    &self.kc[l],
+                    &self.vc[l],
+                    m,
+                    self.used,
+                    model.attn_scale(),
+                )?
+            };
+            if let (TidalRole::DenseAndSelect, Some(t)) = (role, tidal) {
+                let r = ScoreRange {
+                    n_heads: hp.n_heads,
+                    n_tokens: 1,
+                    n_past: self.used,
+                    q0: 0,
+                    accumulate: false,
+                };
+                let mut score = vec![0.0f32; self.cfg.n_kv_heads * self.cfg.capacity];
+                attn_score::reference(
+                    &self.cfg,
+                    &r,
+                    &q,
+                    &self.kc[l],
+                    &mut score,
+                    model.attn_scale(),
+                )?;
+                self.tidal_sel = kv_select::reference(
+                    self.cfg.n_kv_heads,
+                    self.cfg.capacity,
+                    &t.select(self.used + 1),
+                    &score,
+                )?;
+            }
+            if let (Some((q0, accumulate)), Some(scores), true) = (
+                score_range,
+                self.scores.get_mut(l),
+                role != TidalRole::Sparse,
+            ) {
                 let r = ScoreRange {
                     n_heads: hp.n_heads,
                     n_tokens: m,

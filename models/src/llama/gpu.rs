@@ -8,11 +8,13 @@
 use std::sync::Arc;
 
 use kvedge_runtime::gpu::{GpuContext, GpuMatrix};
+use kvedge_runtime::kernels::attention::Selection;
 use kvedge_runtime::kernels::attn_score::{self, ScoreRange};
+use kvedge_runtime::kernels::kv_select;
 use kvedge_runtime::kernels::{
     add, attention, embed, hadamard, kv_store, matmul, matvec, rmsnorm, rope, silu_mul,
 };
-use kvedge_runtime::kv::{KvCache, KvOptions, KvPlan, KvPolicy};
+use kvedge_runtime::kv::{KvCache, KvOptions, KvPlan, KvPolicy, TidalRole};
 use kvedge_runtime::{wgpu, Error};
 
 use super::LlamaModel;
@@ -143,6 +145,14 @@ struct Scratch {
     logits: wgpu::Buffer, // [n_vocab]
 }
 
+/// TidalDecode's per-step buffers: scores of every slot, selection scratch, and the
+/// selected slots [n_kv_heads][k].
+struct TidalBuffers {
+    score: wgpu::Buffer,
+    mark: wgpu::Buffer,
+    sel: wgpu::Buffer,
+}
+
 /// Which logits a chunk produces.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Logits {
@@ -160,6 +170,7 @@ pub struct GpuForward {
     kv: KvCache,
     chunk: usize,
     s: Scratch,
+    tidal: Option<TidalBuffers>,
     /// [rows][n_vocab] logits of every token, allocated on first use by `forward_all`.
     logits_all: Option<(wgpu::Buffer, usize)>,
 }
@@ -207,6 +218,17 @@ impl GpuForward {
             xlast: f("xlast", e)?,
             logits: f("logits", hp.n_vocab)?,
         };
+        let tidal = match kv.plan.tidal {
+            Some(t) => {
+                let per_head = hp.n_kv_heads * kv.config.capacity;
+                Some(TidalBuffers {
+                    score: f("tidal.score", per_head)?,
+                    mark: f("tidal.mark", per_head)?,
+                    sel: f("tidal.sel", hp.n_kv_heads * t.k)?,
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             ctx,
             model,
@@ -214,6 +236,7 @@ impl GpuForward {
             kv,
             chunk,
             s,
+            tidal,
             logits_all: None,
         })
     }
@@ -244,6 +267,15 @@ impl GpuForward {
         } else {
             matmul::record(&self.ctx, enc, w, x, m, y)
         }
+    }
+
+    /// The slots TidalDecode's last selection layer chose ([n_kv_heads][k]), for tests.
+    pub fn tidal_selection(&self) -> Result<Option<Vec<u32>>, ModelError> {
+        let (Some(t), Some(b)) = (self.kv.plan.tidal, &self.tidal) else {
+            return Ok(None);
+        };
+        let words = self.ctx.read_f32(&b.sel, self.model.hp.n_kv_heads * t.k)?;
+        Ok(Some(words.iter().map(|w| w.to_bits()).collect()))
     }
 
     /// Positions the session can reach: the context, or unbounded with eviction.
@@ -327,6 +359,11 @@ impl GpuForward {
             KvPolicy::Nacl => Some((m - KvPlan::proxy_queries(m), false)),
             _ => None,
         };
+        // TidalDecode applies to decode steps once the cache holds more than k slots.
+        let tidal = match (self.kv.plan.tidal, &self.tidal) {
+            (Some(t), Some(b)) if m == 1 && n_past + 1 > t.k => Some((t, b)),
+            _ => None,
+        };
         let positions: Vec<u32> = (pos0..pos0 + m).map(|p| p as u32).collect();
         ctx.queue
             .write_buffer(&s.ids, 0, bytemuck::cast_slice(tokens));
@@ -370,6 +407,14 @@ impl GpuForward {
                 m,
                 n_past,
             )?;
+            let role = tidal.map_or(TidalRole::Dense, |(t, _)| t.role(l));
+            let selection = match (role, tidal) {
+                (TidalRole::Sparse, Some((t, b))) => Some(Selection {
+                    slots: &b.sel,
+                    n_sel: t.k,
+                }),
+                _ => None,
+            };
             attention::record(
                 ctx,
                 &mut enc,
@@ -383,8 +428,44 @@ impl GpuForward {
                 m,
                 n_past,
                 model.attn_scale(),
+                selection.as_ref(),
             )?;
-            if let (Some((q0, accumulate)), Some(scores)) = (score_range, self.kv.scores(l)) {
+            if let (TidalRole::DenseAndSelect, Some((t, b))) = (role, tidal) {
+                let r = ScoreRange {
+                    n_heads: hp.n_heads,
+                    n_tokens: 1,
+                    n_past,
+                    q0: 0,
+                    accumulate: false,
+                };
+                let cfg = &self.kv.config;
+                attn_score::record(
+                    ctx,
+                    &mut enc,
+                    cfg,
+                    &r,
+                    &s.q,
+                    &self.kv.k[l],
+                    &s.lse,
+                    &b.score,
+                    model.attn_scale(),
+                )?;
+                let plan = t.select(n_past + 1);
+                kv_select::record(
+                    ctx,
+                    &mut enc,
+                    cfg.n_kv_heads,
+                    cfg.capacity,
+                    &plan,
+                    &b.score,
+                    &b.mark,
+                    &b.sel,
+                )?;
+            }
+            let scored_here = role != TidalRole::Sparse;
+            if let (Some((q0, accumulate)), Some(scores), true) =
+                (score_range, self.kv.scores(l), scored_here)
+            {
                 let r = ScoreRange {
                     n_heads: hp.n_heads,
                     n_tokens: m,

@@ -27,8 +27,16 @@ pub struct AttentionParams {
     pub n_past: u32,
     pub scale: f32,
     pub grid_x: u32,
+    pub n_sel: u32,
+    pub _pad: [u32; 3],
 }
-const _: () = assert!(std::mem::size_of::<AttentionParams>() == 32);
+const _: () = assert!(std::mem::size_of::<AttentionParams>() == 48);
+
+/// Sparse decode: the slots one query attends to, [n_kv_heads][n_sel] (TidalDecode).
+pub struct Selection<'a> {
+    pub slots: &'a wgpu::Buffer,
+    pub n_sel: usize,
+}
 
 fn validate(cfg: &KvCacheConfig, n_heads: usize, n_tokens: usize, n_past: usize) -> Result<()> {
     if cfg.head_dim > MAX_HEAD_DIM
@@ -76,8 +84,19 @@ pub fn record(
     n_tokens: usize,
     n_past: usize,
     scale: f32,
+    sel: Option<&Selection>,
 ) -> Result<()> {
     validate(cfg, n_heads, n_tokens, n_past)?;
+    if let Some(s) = sel {
+        if n_tokens != 1 || s.n_sel == 0 || s.n_sel > n_past + 1 {
+            return Err(Error::InvalidArgument(format!(
+                "attention: a selection of {} slots needs one query and at most {} slots",
+                s.n_sel,
+                n_past + 1
+            )));
+        }
+        need_f32("attention selection", s.slots, cfg.n_kv_heads * s.n_sel)?;
+    }
     let n = n_tokens * n_heads * cfg.head_dim;
     need_f32("attention q", q, n)?;
     need_f32("attention out", out, n)?;
@@ -100,9 +119,13 @@ pub fn record(
         n_past: n_past as u32,
         scale,
         grid_x: groups.0,
+        n_sel: sel.map_or(0, |s| s.n_sel as u32),
+        _pad: [0; 3],
     };
     let ub = ctx.uniform("attention.params", &params);
-    let bg = ctx.bind("attention", &pipeline, &[q, kc, vc, out, lse, &ub]);
+    // Dense attention binds q in the selection's place; the shader never reads it then.
+    let sel_buf = sel.map_or(q, |s| s.slots);
+    let bg = ctx.bind("attention", &pipeline, &[q, kc, vc, out, lse, sel_buf, &ub]);
     ctx.dispatch(encoder, "attention", &pipeline, &bg, groups);
     Ok(())
 }
@@ -180,6 +203,58 @@ pub fn reference(
     Ok(out)
 }
 
+/// CPU reference of sparse decode: one query per head ([n_heads][head_dim]) attends only
+/// to the slots `sel` lists per KV head ([n_kv_heads][n_sel]), in f64.
+#[allow(clippy::too_many_arguments)]
+pub fn reference_sparse(
+    cfg: &KvCacheConfig,
+    n_heads: usize,
+    q: &[f32],
+    kc: &[u32],
+    vc: &[u32],
+    sel: &[u32],
+    n_sel: usize,
+    scale: f32,
+) -> Result<Vec<f32>> {
+    validate(cfg, n_heads, 1, 0)?;
+    let (hd, group) = (cfg.head_dim, n_heads / cfg.n_kv_heads);
+    let mut out = vec![0.0f32; n_heads * hd];
+    for kvh in 0..cfg.n_kv_heads {
+        let slots = &sel[kvh * n_sel..(kvh + 1) * n_sel];
+        let n_rows = slots.iter().map(|&s| s as usize + 1).max().unwrap_or(0);
+        if n_rows > cfg.capacity {
+            return Err(Error::InvalidArgument(format!(
+                "sparse attention: slot {} past the capacity {}",
+                n_rows - 1,
+                cfg.capacity
+            )));
+        }
+        let k = decode_head(cfg, cfg.k_type, kc, kvh, n_rows);
+        let v = decode_head(cfg, cfg.v_type, vc, kvh, n_rows);
+        for h in kvh * group..(kvh + 1) * group {
+            let qv = &q[h * hd..(h + 1) * hd];
+            let sc: Vec<f64> = slots
+                .iter()
+                .map(|&j| {
+                    let kj = &k[j as usize * hd..(j as usize + 1) * hd];
+                    qv.iter().zip(kj).map(|(&a, &b)| a as f64 * b).sum::<f64>() * scale as f64
+                })
+                .collect();
+            let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
+            for (d, o) in out[h * hd..(h + 1) * hd].iter_mut().enumerate() {
+                let acc: f64 = slots
+                    .iter()
+                    .zip(&sc)
+                    .map(|(&j, x)| (x - m).exp() / z * v[j as usize * hd + d])
+                    .sum();
+                *o = acc as f32;
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,7 +301,7 @@ mod tests {
         let scale = 1.0 / (hd as f32).sqrt();
         let mut enc = ctx.encoder("test");
         record(
-            ctx, &mut enc, &cfg, nh, &gq, &gk, &gv, &out, &lse, n, n_past, scale,
+            ctx, &mut enc, &cfg, nh, &gq, &gk, &gv, &out, &lse, n, n_past, scale, None,
         )
         .unwrap();
         ctx.submit_wait(enc).unwrap();
@@ -258,6 +333,101 @@ mod tests {
         run(ctx, KvType::Q4, KvType::Q4, 128, 12, 2, 30, 19);
         run(ctx, KvType::Q8, KvType::Q4, 96, 4, 2, 65, 3);
         run(ctx, KvType::F16, KvType::Q8, 64, 2, 2, 0, 40);
+    }
+
+    /// Sparse decode over a selection equals dense attention over a cache that holds only
+    /// the selected slots (the equivalent mask), on the GPU and in the CPU reference.
+    #[test]
+    fn sparse_attention_equals_dense_over_the_selected_slots() {
+        let Some(ctx) = test_context() else { return };
+        let mut rng = SplitMix64::new(test_seed(4242));
+        for (kt, hd, nh, nkv, n_past, n_sel) in [
+            (KvType::F16, 64, 9, 3, 200, 37),
+            (KvType::Q8, 128, 12, 2, 90, 64),
+            (KvType::F16, 46, 4, 4, 10, 11),
+        ] {
+            let cfg = KvCacheConfig {
+                k_type: kt,
+                v_type: kt,
+                ..KvCacheConfig::f16(1, nkv, hd, n_past + 1)
+            };
+            let total = n_past + 1;
+            let k = rng.vec_f32(total * nkv * hd, -1.5, 1.5);
+            let v = rng.vec_f32(total * nkv * hd, -1.0, 1.0);
+            let q = rng.vec_f32(nh * hd, -1.5, 1.5);
+            let mut kc = vec![0u32; cfg.k_layer_words()];
+            let mut vc = vec![0u32; cfg.v_layer_words()];
+            kv_store::reference(&cfg, kt, &k, &mut kc, total, 0);
+            kv_store::reference(&cfg, kt, &v, &mut vc, total, 0);
+            // A random ascending selection per KV head that always holds the current slot.
+            let mut sel = Vec::new();
+            for _ in 0..nkv {
+                let mut picked: Vec<u32> = (0..n_past as u32).collect();
+                for i in (1..picked.len()).rev() {
+                    picked.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                let mut head: Vec<u32> = picked[..n_sel - 1].to_vec();
+                head.push(n_past as u32);
+                head.sort();
+                sel.extend(head);
+            }
+            let scale = 1.0 / (hd as f32).sqrt();
+            let want = reference_sparse(&cfg, nh, &q, &kc, &vc, &sel, n_sel, scale).unwrap();
+            // The equivalent mask: the selected rows copied in order into a small cache.
+            let small = KvCacheConfig {
+                capacity: n_sel,
+                ..cfg
+            };
+            let (kr, vr) = (cfg.k_row_words(), cfg.v_row_words());
+            let mut mk = vec![0u32; small.k_layer_words()];
+            let mut mv = vec![0u32; small.v_layer_words()];
+            for h in 0..nkv {
+                for (i, &j) in sel[h * n_sel..(h + 1) * n_sel].iter().enumerate() {
+                    let (d, s) = (h * n_sel + i, h * cfg.capacity + j as usize);
+                    mk[d * kr..(d + 1) * kr].copy_from_slice(&kc[s * kr..(s + 1) * kr]);
+                    mv[d * vr..(d + 1) * vr].copy_from_slice(&vc[s * vr..(s + 1) * vr]);
+                }
+            }
+            let masked = reference(&small, nh, &q, &mk, &mv, 1, n_sel - 1, scale).unwrap();
+            assert_close("sparse reference vs masked dense", &want, &masked, 1e-6);
+
+            let (gk, gv) = (
+                ctx.upload("kc", &kc).unwrap(),
+                ctx.upload("vc", &vc).unwrap(),
+            );
+            let (gq, gs) = (
+                ctx.upload("q", &q).unwrap(),
+                ctx.upload("sel", &sel).unwrap(),
+            );
+            let out = ctx.storage_f32("out", q.len()).unwrap();
+            let lse = ctx.storage_f32("lse", nh).unwrap();
+            let selection = Selection { slots: &gs, n_sel };
+            let mut enc = ctx.encoder("test");
+            record(
+                ctx,
+                &mut enc,
+                &cfg,
+                nh,
+                &gq,
+                &gk,
+                &gv,
+                &out,
+                &lse,
+                1,
+                n_past,
+                scale,
+                Some(&selection),
+            )
+            .unwrap();
+            ctx.submit_wait(enc).unwrap();
+            let got = ctx.read_f32(&out, q.len()).unwrap();
+            assert_close(
+                &format!("sparse attention {kt:?} hd{hd} sel {n_sel}"),
+                &got,
+                &want,
+                1e-5,
+            );
+        }
     }
 
     #[test]

@@ -212,7 +212,7 @@ mod tests {
             let score = ctx.upload("score", &prev).unwrap();
             let mut enc = ctx.encoder("test");
             attention::record(
-                ctx, &mut enc, &cfg, nh, &gq, &gk, &gv, &out, &lse, n, n_past, scale,
+                ctx, &mut enc, &cfg, nh, &gq, &gk, &gv, &out, &lse, n, n_past, scale, None,
             )
             .unwrap();
             record(ctx, &mut enc, &cfg, &r, &gq, &gk, &lse, &score, scale).unwrap();

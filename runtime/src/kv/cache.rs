@@ -345,6 +345,7 @@ mod tests {
             k_type: kt,
             v_type: vt,
             hadamard: Some(false),
+            tidal: None,
         };
         let plan = KvPlan::new(&opts, geom, 1 << 20, 512).unwrap();
         let mut cache = KvCache::new(ctx, geom, plan).unwrap();
@@ -429,6 +430,7 @@ mod tests {
             1,
             keep - 1,
             scale,
+            None,
         )
         .unwrap();
         ctx.submit_wait(enc).unwrap();

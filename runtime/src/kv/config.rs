@@ -19,6 +19,16 @@
 //!   attention of each generated token is added to the proxy scores (as H2O does), so
 //!   when generation fills the budget the same split applies with scores that include
 //!   what was generated.
+//!
+//! Sparse decode (TidalDecode, Yang et al., 2024, arXiv 2410.05076) saves reads, not
+//! memory: for each decoded token the layers before the token-selection layer attend
+//! densely; the selection layer attends densely and then picks, per KV head, the `k`
+//! slots with the highest attention (the softmax probabilities summed over the KV head's
+//! query heads, which for one query head ranks as the pre-softmax scores do); the
+//! following layers attend only to those slots, until the re-selection layer (default
+//! the middle of the stack) attends densely and picks again for the rest. The current
+//! token is always selected. Prefill stays dense. Under H2O or NACL, the running scores
+//! are updated by the dense layers only during sparse decode.
 
 use std::str::FromStr;
 
@@ -132,6 +142,62 @@ pub struct KvOptions {
     /// channels are spread before quantization. None: on when K or V is quantized (as
     /// llama.cpp does since its PR 21038).
     pub hadamard: Option<bool>,
+    /// TidalDecode sparse decode.
+    pub tidal: Option<TidalOptions>,
+}
+
+/// TidalDecode settings as given: `k` slots per KV head, and optionally the selection and
+/// re-selection layers (default 2 and n_layers / 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TidalOptions {
+    pub k: usize,
+    pub layers: Option<(usize, usize)>,
+}
+
+/// TidalDecode resolved for a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tidal {
+    pub k: usize,
+    pub select_layer: usize,
+    pub reselect_layer: usize,
+}
+
+/// How one layer attends during a decode step under TidalDecode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TidalRole {
+    /// Every slot.
+    Dense,
+    /// Every slot, then choose the slots the next layers read.
+    DenseAndSelect,
+    /// Only the chosen slots.
+    Sparse,
+}
+
+impl Tidal {
+    pub fn role(&self, layer: usize) -> TidalRole {
+        if layer < self.select_layer {
+            TidalRole::Dense
+        } else if layer == self.select_layer || layer == self.reselect_layer {
+            TidalRole::DenseAndSelect
+        } else {
+            TidalRole::Sparse
+        }
+    }
+
+    /// The selection of the `k` slots of highest score out of `n_slots` (the last one, the
+    /// current token, always kept).
+    pub fn select(&self, n_slots: usize) -> SelectPlan {
+        SelectPlan {
+            n: n_slots,
+            keep: self.k,
+            sinks: 0,
+            recent: 1,
+            n_score: self.k - 1,
+            n_random: 0,
+            seed: 0,
+            salt: 0,
+        }
+    }
 }
 
 impl Default for KvOptions {
@@ -144,6 +210,7 @@ impl Default for KvOptions {
             k_type: KvType::F16,
             v_type: KvType::F16,
             hadamard: None,
+            tidal: None,
         }
     }
 }
@@ -153,6 +220,25 @@ impl KvOptions {
     pub fn rotates(&self) -> bool {
         self.hadamard
             .unwrap_or(self.k_type != KvType::F16 || self.v_type != KvType::F16)
+    }
+
+    /// TidalDecode's layers for a model of `geom.n_layers` layers, checked.
+    pub fn tidal_for(&self, geom: KvGeometry) -> Result<Option<Tidal>> {
+        let Some(t) = self.tidal else { return Ok(None) };
+        let n = geom.n_layers;
+        let (select_layer, reselect_layer) = t.layers.unwrap_or((2, n / 2));
+        if t.k < 2 || select_layer >= reselect_layer || reselect_layer >= n {
+            return Err(Error::InvalidArgument(format!(
+                "TidalDecode needs k >= 2 and layers select < reselect < {n} (the model's layers), \
+                 got k {} and layers {select_layer},{reselect_layer}",
+                t.k
+            )));
+        }
+        Ok(Some(Tidal {
+            k: t.k,
+            select_layer,
+            reselect_layer,
+        }))
     }
 }
 
@@ -185,6 +271,7 @@ pub struct KvPlan {
     pub k_type: KvType,
     pub v_type: KvType,
     pub hadamard: bool,
+    pub tidal: Option<Tidal>,
 }
 
 impl KvPlan {
@@ -201,6 +288,7 @@ impl KvPlan {
                     k_type: opts.k_type,
                     v_type: opts.v_type,
                     hadamard: opts.rotates(),
+                    tidal: opts.tidal_for(geom)?,
                 })
             }
             (KvPolicy::Full, Some(b)) => {
@@ -239,6 +327,7 @@ impl KvPlan {
             k_type: opts.k_type,
             v_type: opts.v_type,
             hadamard: opts.rotates(),
+            tidal: opts.tidal_for(geom)?,
         })
     }
 
@@ -309,6 +398,12 @@ impl KvPlan {
         };
         if self.hadamard {
             types += " rotated";
+        }
+        if let Some(t) = self.tidal {
+            types += &format!(
+                ", tidal k {} at layers {},{}",
+                t.k, t.select_layer, t.reselect_layer
+            );
         }
         if self.evicts() {
             format!(

@@ -8,5 +8,7 @@ mod config;
 mod format;
 
 pub use cache::{KvCache, KvCacheConfig, KvStats};
-pub use config::{KvBudget, KvGeometry, KvOptions, KvPlan, KvPolicy};
+pub use config::{
+    KvBudget, KvGeometry, KvOptions, KvPlan, KvPolicy, Tidal, TidalOptions, TidalRole,
+};
 pub use format::{decode_row, encode_row, KvType, KV_BLOCK};
