@@ -275,3 +275,68 @@ fn chat_reports_a_full_context_and_keeps_going() {
     assert!(stderr.contains("conversation cleared"), "{stderr}");
     assert_eq!(stderr.matches("KV cache").count(), 2, "{stderr}");
 }
+
+/// `eval needle` end to end on a synthetic model (which cannot retrieve anything) and a
+/// tiny haystack: it runs the grid under a KV policy and sparse decode, reports every
+/// trial in JSON, and a missing haystack or a bad depth is a clear error.
+#[test]
+fn eval_needle_runs_its_grid_and_rejects_bad_input() {
+    let id = std::process::id();
+    let model = std::env::temp_dir().join(format!("kvedge-cli-needle-{id}.gguf"));
+    let m = model.to_str().unwrap();
+    let (ok, _, err) = kvedge(&["synth", "--context", "1024", "-o", m]);
+    assert!(ok, "{err}");
+    let hay = std::env::temp_dir().join(format!("kvedge-cli-hay-{id}"));
+    std::fs::create_dir_all(&hay).unwrap();
+    let essay = "The sky was grey over the harbour. Ships came in at dawn. ".repeat(200);
+    std::fs::write(hay.join("a.txt"), &essay).unwrap();
+    let h = hay.to_str().unwrap();
+    let common = [
+        "eval",
+        "needle",
+        "-m",
+        m,
+        "--device",
+        "cpu",
+        "--haystack",
+        h,
+    ];
+    let (ok, stdout, err) = kvedge(
+        &[
+            &common[..],
+            &["--lengths", "300", "--depths", "0,100", "--json"],
+            &[
+                "--kv-policy",
+                "h2o",
+                "--kv-budget",
+                "128",
+                "--sparse-decode",
+                "tidal",
+            ],
+            &["--tidal-k", "64", "--tidal-layers", "0,1"],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("\"accuracy\":") && stdout.matches("\"depth\":").count() == 2,
+        "{stdout}"
+    );
+    assert!(stdout.contains("h2o budget 128 slots"), "{stdout}");
+    assert!(err.contains("length 300 depth 100%"), "{err}");
+    let (ok, _, err) = kvedge(&[&common[..], &["--depths", "150"]].concat());
+    assert!(!ok && err.contains("depths are 0..=100"), "{err}");
+    let (ok, _, err) = kvedge(&[
+        "eval",
+        "needle",
+        "-m",
+        m,
+        "--device",
+        "cpu",
+        "--haystack",
+        "/nonexistent",
+    ]);
+    assert!(!ok && err.contains("models/fetch.sh data"), "{err}");
+    let _ = std::fs::remove_file(model);
+    let _ = std::fs::remove_dir_all(hay);
+}
