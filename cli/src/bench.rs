@@ -1,5 +1,6 @@
 //! `kvedge bench --kernels`: memory bandwidth reached by the dequantizing matvec kernel
-//! (the decode hot path) for every quant type, on the adapter at hand.
+//! (the decode hot path) for every quant type, on the adapter at hand. Without
+//! `--kernels`, `kvedge bench` measures a whole model (`bench_model`).
 //!
 //! For each type a weight matrix of about `--mib` MiB with `--cols` columns is filled with
 //! seeded random blocks and uploaded; after a warm-up, each repetition records `--iters`
@@ -17,9 +18,11 @@ use kvedge_runtime::rng::SplitMix64;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Benchmark the matvec kernels per quant type (the only benchmark in this version).
+    /// Benchmark the matvec kernels per quant type instead of a model.
     #[arg(long)]
     kernels: bool,
+    #[command(flatten)]
+    model: crate::bench_model::ModelBenchArgs,
     /// Approximate weight-matrix size per type, in MiB.
     #[arg(long, default_value_t = 64)]
     mib: usize,
@@ -53,7 +56,7 @@ struct Row {
 
 pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if !args.kernels {
-        return Err("nothing to benchmark: pass --kernels (matvec GB/s per quant type)".into());
+        return crate::bench_model::run(&args.model, args.reps, args.json);
     }
     if args.cols == 0 || !args.cols.is_multiple_of(256) {
         return Err(format!(

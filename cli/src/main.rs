@@ -8,6 +8,7 @@
 //! - `kvedge run -p PROMPT`: stream a completion; `kvedge chat`: multi-turn chat.
 
 mod bench;
+mod bench_model;
 mod devices;
 mod eval;
 mod generate;

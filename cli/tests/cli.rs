@@ -340,3 +340,33 @@ fn eval_needle_runs_its_grid_and_rejects_bad_input() {
     let _ = std::fs::remove_file(model);
     let _ = std::fs::remove_dir_all(hay);
 }
+
+/// `bench` on a model: JSON with both speeds, the KV configuration, and the synthetic mark.
+#[test]
+fn bench_measures_a_model_and_marks_synthetic_ones() {
+    let model = std::env::temp_dir().join(format!("kvedge-cli-bench-{}.gguf", std::process::id()));
+    let m = model.to_str().unwrap();
+    let (ok, _, err) = kvedge(&["synth", "-o", m]);
+    assert!(ok, "{err}");
+    let args = [
+        "bench", "-m", m, "--device", "cpu", "-p", "40", "-n", "4", "-r", "1",
+    ];
+    let (ok, stdout, err) = kvedge(&[&args[..], &["--json", "--kv-type", "q8"]].concat());
+    assert!(ok, "{err}");
+    for key in [
+        "\"synthetic\":true",
+        "\"pp_tok_s\":",
+        "\"tg_tok_s\":",
+        "q8 rotated full",
+    ] {
+        assert!(stdout.contains(key), "{key} missing: {stdout}");
+    }
+    let (ok, stdout, err) = kvedge(&args);
+    assert!(
+        ok && stdout.contains("(SYNTHETIC)") && stdout.contains("| pp40 |"),
+        "{stdout}{err}"
+    );
+    let (ok, _, err) = kvedge(&["bench", "-m", m, "--device", "cpu", "-n", "0"]);
+    assert!(!ok && err.contains("must be positive"), "{err}");
+    let _ = std::fs::remove_file(model);
+}
