@@ -399,22 +399,22 @@ impl KvPlan {
         if self.hadamard {
             types += " rotated";
         }
-        if let Some(t) = self.tidal {
-            types += &format!(
+        let tidal = self.tidal.map_or(String::new(), |t| {
+            format!(
                 ", tidal k {} at layers {},{}",
                 t.k, t.select_layer, t.reselect_layer
-            );
-        }
+            )
+        });
         if self.evicts() {
             format!(
-                "{types} {} budget {} slots (evicts to {}), {} sinks",
+                "{types} {} budget {} slots (evicts to {}), {} sinks{tidal}",
                 self.policy.name(),
                 self.slots,
                 self.keep,
                 self.sinks
             )
         } else {
-            format!("{types} full {} slots", self.slots)
+            format!("{types} full {} slots{tidal}", self.slots)
         }
     }
 }
