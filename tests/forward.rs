@@ -2,14 +2,14 @@
 //! prompt token after a chunked prefill, then of several decode steps, must agree within
 //! a normalized error bound, and so must the greedy (argmax) tokens.
 
-use kvedge_models::llama::cpu::CpuForward;
-use kvedge_models::llama::gpu::{GpuForward, GpuWeights};
-use kvedge_runtime::kv::KvOptions;
 use std::sync::Arc;
 
+use kvedge_models::llama::cpu::CpuForward;
+use kvedge_models::llama::gpu::{GpuForward, GpuWeights};
 use kvedge_models::llama::LlamaModel;
 use kvedge_runtime::gguf::GgufFile;
 use kvedge_runtime::kernels::check::{compare, test_context};
+use kvedge_runtime::kv::KvOptions;
 use kvedge_tests::{data, model, QWEN25_15B, SMOLLM2};
 
 fn argmax(v: &[f32]) -> u32 {

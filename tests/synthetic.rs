@@ -2,7 +2,6 @@
 //! qwen2's biases and rotate-halves RoPE and an untied output matrix on CI (where only
 //! SmolLM2 is fetched), k-quant and legacy matrices, and malformed models.
 
-use kvedge_runtime::kv::KvOptions;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -13,6 +12,7 @@ use kvedge_models::synth::{synthesize, SynthSpec};
 use kvedge_models::{Arch, LoadOptions, Model, SessionConfig};
 use kvedge_runtime::gguf::{MetaArray, MetaValue};
 use kvedge_runtime::kernels::check::{compare, test_context};
+use kvedge_runtime::kv::KvOptions;
 use kvedge_runtime::quant::GgmlType;
 use kvedge_runtime::session::GenerateOptions;
 
