@@ -8,10 +8,10 @@
 use std::time::Instant;
 
 use clap::Args;
-use kvedge_models::{LoadOptions, Model, SessionConfig};
+use kvedge_models::SessionConfig;
 use kvedge_runtime::rng::SplitMix64;
 
-use crate::generate::{resolve_model, ModelArgs};
+use crate::generate::{load_model, ModelArgs};
 
 #[derive(Args)]
 pub struct ModelBenchArgs {
@@ -38,15 +38,7 @@ pub fn run(
     if args.n_prompt == 0 || args.n_gen == 0 || reps == 0 {
         return Err("-p, -n and -r must be positive".into());
     }
-    let path = resolve_model(&args.model)?;
-    let model = Model::load(
-        &path,
-        &LoadOptions {
-            device: args.model.device.clone(),
-            ..Default::default()
-        },
-        &mut |_, _| {},
-    )?;
+    let (path, model) = load_model(&args.model)?;
     let vocab = model.hparams().n_vocab as u64;
     let context = match args.model.ctx_size {
         0 => args.n_prompt + args.n_gen + 8,

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
-use kvedge_models::{LoadOptions, Model, SessionConfig};
+use kvedge_models::SessionConfig;
 use kvedge_runtime::perplexity::{perplexity, stream_perplexity};
 
-use crate::generate::{resolve_model, ModelArgs};
+use crate::generate::{load_model, ModelArgs};
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -46,15 +46,7 @@ pub fn run(cmd: &EvalCommand) -> Result<(), Box<dyn std::error::Error>> {
     let bytes = std::fs::read(&args.text).map_err(|e| format!("{}: {e}", args.text.display()))?;
     let text = String::from_utf8(bytes)
         .map_err(|e| format!("{}: not UTF-8 text ({e})", args.text.display()))?;
-    let path = resolve_model(&args.model)?;
-    let model = Model::load(
-        &path,
-        &LoadOptions {
-            device: args.model.device.clone(),
-            ..Default::default()
-        },
-        &mut |_, _| {},
-    )?;
+    let (_, model) = load_model(&args.model)?;
     let tok = model.tokenizer().clone();
     let tokens = tok.encode(&text, true, false)?;
     let kv = args.model.kv.options();

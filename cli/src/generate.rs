@@ -184,6 +184,18 @@ pub fn resolve_model(args: &ModelArgs) -> Result<PathBuf, String> {
     }
 }
 
+/// The model named by `args` on its device, without a progress bar (evaluations and
+/// benchmarks); returns its path too, for reports.
+pub fn load_model(args: &ModelArgs) -> Result<(PathBuf, Model), Box<dyn std::error::Error>> {
+    let path = resolve_model(args)?;
+    let opts = LoadOptions {
+        device: args.device.clone(),
+        ..Default::default()
+    };
+    let model = Model::load(&path, &opts, &mut |_, _| {})?;
+    Ok((path, model))
+}
+
 fn load(args: &ModelArgs, quiet: bool) -> Result<(Model, Session), Box<dyn std::error::Error>> {
     let path = resolve_model(args)?;
     let bar = if quiet || !std::io::stderr().is_terminal() {

@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use kvedge_models::{LoadOptions, Model, SessionConfig};
+use kvedge_models::SessionConfig;
 use kvedge_runtime::rng::SplitMix64;
 use kvedge_runtime::sample::SamplingOptions;
 use kvedge_runtime::session::GenerateOptions;
 
-use crate::generate::{find_in_cache, resolve_model, ModelArgs};
+use crate::generate::{find_in_cache, load_model, ModelArgs};
 
 const QUESTION: &str =
     "What is the special magic number mentioned in the text above? Reply with the number only.";
@@ -90,15 +90,7 @@ pub fn run(args: &NeedleArgs) -> Result<(), Box<dyn std::error::Error>> {
         )?,
     };
     let text = read_haystack(&dir)?;
-    let path = resolve_model(&args.model)?;
-    let model = Model::load(
-        &path,
-        &LoadOptions {
-            device: args.model.device.clone(),
-            ..Default::default()
-        },
-        &mut |_, _| {},
-    )?;
+    let (path, model) = load_model(&args.model)?;
     let tok = model.tokenizer().clone();
     let longest = *args.lengths.iter().max().unwrap_or(&0);
     // About 3.5 bytes per token for English prose: take enough text, with room to spare.
