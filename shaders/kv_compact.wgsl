@@ -2,7 +2,9 @@
 // dst[kv_head][i] = src[kv_head][kept[kv_head][i]] for i < keep, for K and V (rows of
 // k_words / v_words u32 words, whatever their storage type) and, when the policy keeps
 // running scores, the score of each slot. The caller then swaps the two buffers, so
-// compaction never reads what it overwrites. One thread per (KV head, kept slot, word).
+// compaction never reads what it overwrites. The source may hold more slots per head
+// (src_capacity) than the destination (capacity): NACL's one-shot eviction gathers from
+// a staging buffer of cache + prompt chunk. One thread per (KV head, kept slot, word).
 
 struct Params {
     k_words: u32,
@@ -12,7 +14,7 @@ struct Params {
     capacity: u32,
     has_score: u32,
     grid_x: u32,
-    _pad0: u32,
+    src_capacity: u32,
 }
 
 @group(0) @binding(0) var<storage, read> kept: array<u32>;
@@ -36,12 +38,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let h = id / (words * p.keep);
     let from_slot = kept[h * p.keep + i];
     if (w < p.k_words) {
-        dst_k[(h * p.capacity + i) * p.k_words + w] = src_k[(h * p.capacity + from_slot) * p.k_words + w];
+        dst_k[(h * p.capacity + i) * p.k_words + w] = src_k[(h * p.src_capacity + from_slot) * p.k_words + w];
     }
     if (w < p.v_words) {
-        dst_v[(h * p.capacity + i) * p.v_words + w] = src_v[(h * p.capacity + from_slot) * p.v_words + w];
+        dst_v[(h * p.capacity + i) * p.v_words + w] = src_v[(h * p.src_capacity + from_slot) * p.v_words + w];
     }
     if (p.has_score == 1u && w == 0u) {
-        dst_s[h * p.capacity + i] = src_s[h * p.capacity + from_slot];
+        dst_s[h * p.capacity + i] = src_s[h * p.src_capacity + from_slot];
     }
 }

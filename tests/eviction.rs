@@ -242,6 +242,49 @@ fn smollm2_gpu_matches_cpu_under_eviction() {
     gpu_matches_cpu_with_eviction(&path, &q8, &prompt, 4, 0.1);
 }
 
+/// NACL's one-shot eviction: a prompt longer than the budget, taken as one chunk, is
+/// attended densely by every layer before that layer evicts, so every prompt token's
+/// logits equal the full cache's; the cache then holds `keep` slots, and the decode that
+/// follows still matches between the devices (the GPU against the CPU reference above).
+#[test]
+fn nacl_oneshot_prefill_equals_the_full_cache_then_evicts() {
+    let path = synthetic("oneshot");
+    let prompt: Vec<u32> = (0..150).map(|i| (i * 53 + 11) % 300).collect();
+    let model = Arc::new(LlamaModel::open(&path).unwrap());
+    let nacl = opts(KvPolicy::Nacl, 64);
+    let mut full = CpuForward::new(model.clone(), 4096, 256, &KvOptions::default()).unwrap();
+    let want = full.forward(&prompt).unwrap();
+    let mut cpu = CpuForward::new(model.clone(), 4096, 256, &nacl).unwrap();
+    let got = cpu.forward(&prompt).unwrap();
+    let cmp = compare(&got, &want);
+    assert!(
+        cmp.max_err <= 1e-6,
+        "CPU one-shot prefill vs full cache: {cmp:?}"
+    );
+    let st = cpu.kv_stats();
+    assert_eq!((st.slots, st.used, st.evictions), (64, 48, 1), "{st:?}");
+    assert_eq!(st.evicted, 150 - 48);
+    if let Some(ctx) = test_context() {
+        let weights = Arc::new(GpuWeights::upload(ctx, &model).unwrap());
+        let mut gpu =
+            GpuForward::new(ctx.clone(), model.clone(), weights, 4096, 256, &nacl).unwrap();
+        let g = gpu.forward(&prompt).unwrap();
+        let last = &want[(prompt.len() - 1) * model.hp.n_vocab..];
+        let cmp = compare(&g, last);
+        assert!(
+            cmp.max_err <= 1e-3,
+            "GPU one-shot prefill vs full cache: {cmp:?}"
+        );
+        let gs = gpu.kv().stats();
+        assert_eq!((gs.used, gs.evicted, gs.evictions), (48, 150 - 48, 1));
+        assert_eq!(gs.kv_bytes, st.kv_bytes, "the cache is the budget's size");
+    }
+    // A prompt over two one-shot chunks, then decode, GPU against CPU.
+    let long: Vec<u32> = (0..300).map(|i| (i * 29 + 3) % 300).collect();
+    gpu_matches_cpu_with_eviction(&path, &nacl, &long, 20, 1e-3);
+    let _ = std::fs::remove_file(path);
+}
+
 /// A long greedy generation on a tiny budget: never "context full", the cache never
 /// above its budget, sinks kept (the first tokens keep their slots: checked through the
 /// window equivalence in the runtime's cache tests), and the same seed gives the same text.

@@ -271,7 +271,8 @@ impl CpuForward {
         }
         let mut out = Vec::with_capacity(m * self.model.hp.n_vocab);
         for chunk in tokens.chunks(self.chunk) {
-            if self.plan.evicts() && self.used + chunk.len() > self.cfg.capacity {
+            let oneshot = self.plan.evicts_oneshot(self.used, chunk.len());
+            if !oneshot && self.plan.evicts() && self.used + chunk.len() > self.cfg.capacity {
                 self.evict()?;
             }
             out.extend(self.run_chunk(chunk)?);
@@ -295,6 +296,11 @@ impl CpuForward {
         let pos: Vec<u32> = (self.position..self.position + m)
             .map(|p| p as u32)
             .collect();
+        let oneshot = self.plan.evicts_oneshot(self.used, m);
+        let stage_cfg = KvCacheConfig {
+            capacity: self.cfg.capacity + self.plan.oneshot,
+            ..self.cfg
+        };
         // The scoring of the GPU pass (see gpu.rs).
         let score_range = match self.plan.policy {
             KvPolicy::H2o => Some((0, true)),
@@ -320,30 +326,46 @@ impl CpuForward {
                 hadamard::reference(&mut k, hp.head_dim)?;
                 hadamard::reference(&mut v, hp.head_dim)?;
             }
-            let (kt, vt) = (self.cfg.k_type, self.cfg.v_type);
-            kv_store::reference(&self.cfg, kt, &k, &mut self.kc[l], m, self.used);
-            kv_store::reference(&self.cfg, vt, &v, &mut self.vc[l], m, self.used);
+            // NACL's one-shot eviction works in a staging copy of the layer (see gpu.rs).
+            let (mut sk, mut sv, mut ss) = (Vec::new(), Vec::new(), Vec::new());
+            let (cfg, kc, vc, layer_scores) = if oneshot {
+                let (sc, used) = (stage_cfg, self.used);
+                sk = stage_rows(&self.cfg, &sc, sc.k_row_words(), used, &self.kc[l]);
+                sv = stage_rows(&self.cfg, &sc, sc.v_row_words(), used, &self.vc[l]);
+                ss = vec![0.0f32; sc.n_kv_heads * sc.capacity];
+                (sc, &mut sk, &mut sv, Some(&mut ss))
+            } else {
+                (
+                    self.cfg,
+                    &mut self.kc[l],
+                    &mut self.vc[l],
+                    self.scores.get_mut(l),
+                )
+            };
+            let (kt, vt) = (cfg.k_type, cfg.v_type);
+            kv_store::reference(&cfg, kt, &k, kc, m, self.used);
+            kv_store::reference(&cfg, vt, &v, vc, m, self.used);
             // TidalDecode, as the GPU pass does it (see kv::config).
             let tidal = self.plan.tidal.filter(|t| m == 1 && self.used + 1 > t.k);
             let role = tidal.map_or(TidalRole::Dense, |t| t.role(l));
             let att = if let (TidalRole::Sparse, Some(t)) = (role, tidal) {
                 attention::reference_sparse(
-                    &self.cfg,
+                    &cfg,
                     hp.n_heads,
                     &q,
-                    &self.kc[l],
-                    &self.vc[l],
+                    kc,
+                    vc,
                     &self.tidal_sel,
                     t.k,
                     model.attn_scale(),
                 )?
             } else {
                 attention::reference(
-                    &self.cfg,
+                    &cfg,
                     hp.n_heads,
                     &q,
-                    &self.kc[l],
-                    &self.vc[l],
+                    kc,
+                    vc,
                     m,
                     self.used,
                     model.attn_scale(),
@@ -357,27 +379,18 @@ impl CpuForward {
                     q0: 0,
                     accumulate: false,
                 };
-                let mut score = vec![0.0f32; self.cfg.n_kv_heads * self.cfg.capacity];
-                attn_score::reference(
-                    &self.cfg,
-                    &r,
-                    &q,
-                    &self.kc[l],
-                    &mut score,
-                    model.attn_scale(),
-                )?;
+                let mut score = vec![0.0f32; cfg.n_kv_heads * cfg.capacity];
+                attn_score::reference(&cfg, &r, &q, kc, &mut score, model.attn_scale())?;
                 self.tidal_sel = kv_select::reference(
-                    self.cfg.n_kv_heads,
-                    self.cfg.capacity,
+                    cfg.n_kv_heads,
+                    cfg.capacity,
                     &t.select(self.used + 1),
                     &score,
                 )?;
             }
-            if let (Some((q0, accumulate)), Some(scores), true) = (
-                score_range,
-                self.scores.get_mut(l),
-                role != TidalRole::Sparse,
-            ) {
+            if let (Some((q0, accumulate)), Some(scores), true) =
+                (score_range, layer_scores, role != TidalRole::Sparse)
+            {
                 let r = ScoreRange {
                     n_heads: hp.n_heads,
                     n_tokens: m,
@@ -385,7 +398,21 @@ impl CpuForward {
                     q0,
                     accumulate,
                 };
-                attn_score::reference(&self.cfg, &r, &q, &self.kc[l], scores, model.attn_scale())?;
+                attn_score::reference(&cfg, &r, &q, kc, scores, model.attn_scale())?;
+            }
+            if oneshot {
+                let (sc, nkv) = (stage_cfg, self.cfg.n_kv_heads);
+                let sel = self.plan.select(self.used + m, l, self.evictions);
+                let kept = kv_select::reference(nkv, sc.capacity, &sel, &ss)?;
+                let (kr, vr) = (sc.k_row_words(), sc.v_row_words());
+                kv_compact::reference(&sc, kr, sel.keep, &kept, &mut sk);
+                kv_compact::reference(&sc, vr, sel.keep, &kept, &mut sv);
+                kv_compact::reference(&sc, 1, sel.keep, &kept, &mut ss);
+                unstage_rows(&sc, &self.cfg, kr, sel.keep, &sk, &mut self.kc[l]);
+                unstage_rows(&sc, &self.cfg, vr, sel.keep, &sv, &mut self.vc[l]);
+                if let Some(s) = self.scores.get_mut(l) {
+                    unstage_rows(&sc, &self.cfg, 1, sel.keep, &ss, s);
+                }
             }
             let mut att = att;
             if self.plan.hadamard {
@@ -402,8 +429,48 @@ impl CpuForward {
         }
         let xn = rmsnorm::reference(&x, &model.vector("output_norm.weight")?, e, hp.rms_eps);
         let logits = self.proj(model.output_name(), &xn, m)?;
-        self.used += m;
+        if oneshot {
+            let keep = self.plan.keep.min(self.used + m);
+            self.evicted += (self.used + m - keep) as u64;
+            self.evictions += 1;
+            self.used = keep;
+        } else {
+            self.used += m;
+        }
         self.position += m;
         Ok(logits)
+    }
+}
+
+/// The first `used` rows of each head of a cache laid out as `from`, in a buffer laid out
+/// as `to` (more slots per head): NACL's staging copy.
+fn stage_rows<T: Copy + Default>(
+    from: &KvCacheConfig,
+    to: &KvCacheConfig,
+    width: usize,
+    used: usize,
+    cache: &[T],
+) -> Vec<T> {
+    let mut out = vec![T::default(); to.n_kv_heads * to.capacity * width];
+    for h in 0..from.n_kv_heads {
+        let (a, b) = (h * from.capacity * width, h * to.capacity * width);
+        out[b..b + used * width].copy_from_slice(&cache[a..a + used * width]);
+    }
+    out
+}
+
+/// The first `keep` rows of each head of `staged` (laid out as `from`) back into `cache`
+/// (laid out as `to`).
+fn unstage_rows<T: Copy>(
+    from: &KvCacheConfig,
+    to: &KvCacheConfig,
+    width: usize,
+    keep: usize,
+    staged: &[T],
+    cache: &mut [T],
+) {
+    for h in 0..from.n_kv_heads {
+        let (a, b) = (h * from.capacity * width, h * to.capacity * width);
+        cache[b..b + keep * width].copy_from_slice(&staged[a..a + keep * width]);
     }
 }

@@ -342,7 +342,10 @@ impl GpuForward {
 
     fn run_chunk(&mut self, tokens: &[u32], logits: Logits) -> Result<(), ModelError> {
         let m = tokens.len();
-        if self.kv.needs_eviction(m) {
+        // NACL evicts a chunk that overflows the budget after each layer's attention
+        // (one-shot, through the staging area); the other policies make room before it.
+        let oneshot = self.kv.plan.evicts_oneshot(self.kv.len(), m);
+        if !oneshot && self.kv.needs_eviction(m) {
             let mut enc = self.ctx.encoder("evict");
             self.kv.evict(&self.ctx, &mut enc)?;
             self.ctx.queue.submit([enc.finish()]);
@@ -396,17 +399,13 @@ impl GpuForward {
                 hadamard::record(ctx, &mut enc, &s.k, m * hp.n_kv_heads, hp.head_dim)?;
                 hadamard::record(ctx, &mut enc, &s.v, m * hp.n_kv_heads, hp.head_dim)?;
             }
-            kv_store::record(
-                ctx,
-                &mut enc,
-                &self.kv.config,
-                &s.k,
-                &s.v,
-                &self.kv.k[l],
-                &self.kv.v[l],
-                m,
-                n_past,
-            )?;
+            let view = if oneshot {
+                self.kv.stage_layer(&mut enc, l, m)?
+            } else {
+                self.kv.layer(l)
+            };
+            let cfg = &view.cfg;
+            kv_store::record(ctx, &mut enc, cfg, &s.k, &s.v, view.k, view.v, m, n_past)?;
             let role = tidal.map_or(TidalRole::Dense, |(t, _)| t.role(l));
             let selection = match (role, tidal) {
                 (TidalRole::Sparse, Some((t, b))) => Some(Selection {
@@ -418,11 +417,11 @@ impl GpuForward {
             attention::record(
                 ctx,
                 &mut enc,
-                &self.kv.config,
+                cfg,
                 hp.n_heads,
                 &s.q,
-                &self.kv.k[l],
-                &self.kv.v[l],
+                view.k,
+                view.v,
                 &s.att,
                 &s.lse,
                 m,
@@ -438,14 +437,13 @@ impl GpuForward {
                     q0: 0,
                     accumulate: false,
                 };
-                let cfg = &self.kv.config;
                 attn_score::record(
                     ctx,
                     &mut enc,
                     cfg,
                     &r,
                     &s.q,
-                    &self.kv.k[l],
+                    view.k,
                     &s.lse,
                     &b.score,
                     model.attn_scale(),
@@ -464,7 +462,7 @@ impl GpuForward {
             }
             let scored_here = role != TidalRole::Sparse;
             if let (Some((q0, accumulate)), Some(scores), true) =
-                (score_range, self.kv.scores(l), scored_here)
+                (score_range, view.score, scored_here)
             {
                 let r = ScoreRange {
                     n_heads: hp.n_heads,
@@ -476,14 +474,17 @@ impl GpuForward {
                 attn_score::record(
                     ctx,
                     &mut enc,
-                    &self.kv.config,
+                    cfg,
                     &r,
                     &s.q,
-                    &self.kv.k[l],
+                    view.k,
                     &s.lse,
                     scores,
                     model.attn_scale(),
                 )?;
+            }
+            if oneshot {
+                self.kv.unstage_layer(ctx, &mut enc, l, m)?;
             }
             if rotate {
                 hadamard::record(ctx, &mut enc, &s.att, m * hp.n_heads, hp.head_dim)?;
@@ -524,7 +525,11 @@ impl GpuForward {
             )?;
         }
         ctx.queue.submit([enc.finish()]);
-        self.kv.advance(m)?;
+        if oneshot {
+            self.kv.finish_oneshot(m);
+        } else {
+            self.kv.advance(m)?;
+        }
         Ok(())
     }
 }

@@ -3,6 +3,8 @@
 //! to the front of a second buffer of the same layout, K, V and the running scores
 //! together, and the caller swaps that buffer with the layer's. Order is preserved, so
 //! attention stays causal by slot; positions need no bookkeeping because K carries RoPE.
+//! Source and destination may hold different numbers of slots per head: NACL's one-shot
+//! eviction gathers from a layer's staging buffer (cache + prompt chunk) into the cache.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -24,7 +26,7 @@ struct KvCompactParams {
     capacity: u32,
     has_score: u32,
     grid_x: u32,
-    _pad: u32,
+    src_capacity: u32,
 }
 const _: () = assert!(std::mem::size_of::<KvCompactParams>() == 32);
 
@@ -36,27 +38,35 @@ pub struct LayerBuffers<'a> {
     pub score: Option<&'a wgpu::Buffer>,
 }
 
-/// Record the gather of `keep` slots per head (`kept`, [n_kv_heads][keep]) from `src`
-/// into the front of `dst`.
+/// Record the gather of `keep` slots per head (`kept`, [n_kv_heads][keep], slots of
+/// `src`) from `src`, `src_capacity` slots per head, into the front of `dst`, laid out as
+/// `cfg` (`cfg.capacity` slots per head).
+#[allow(clippy::too_many_arguments)]
 pub fn record(
     ctx: &GpuContext,
     encoder: &mut wgpu::CommandEncoder,
     cfg: &KvCacheConfig,
+    src_capacity: usize,
     keep: usize,
     kept: &wgpu::Buffer,
     src: &LayerBuffers,
     dst: &LayerBuffers,
 ) -> Result<()> {
-    if keep > cfg.capacity || src.score.is_some() != dst.score.is_some() {
+    if keep > cfg.capacity || keep > src_capacity || src.score.is_some() != dst.score.is_some() {
         return Err(Error::InvalidArgument(format!(
-            "kv_compact: {keep} kept slots of {} (scores on both sides or neither)",
+            "kv_compact: {keep} kept slots into {} (from {src_capacity}), scores on both sides or neither",
             cfg.capacity
         )));
     }
+    let src_cfg = KvCacheConfig {
+        capacity: src_capacity,
+        ..*cfg
+    };
     let (kw, vw) = (cfg.k_layer_words(), cfg.v_layer_words());
+    let (skw, svw) = (src_cfg.k_layer_words(), src_cfg.v_layer_words());
     for (name, b, words) in [
-        ("src k", src.k, kw),
-        ("src v", src.v, vw),
+        ("src k", src.k, skw),
+        ("src v", src.v, svw),
         ("dst k", dst.k, kw),
         ("dst v", dst.v, vw),
     ] {
@@ -77,7 +87,7 @@ pub fn record(
         capacity: cfg.capacity as u32,
         has_score: src.score.is_some() as u32,
         grid_x: groups.0,
-        _pad: 0,
+        src_capacity: src_capacity as u32,
     };
     let ub = ctx.uniform("kv_compact.params", &params);
     // Without scores the score bindings get two one-word placeholders the shader never
@@ -85,7 +95,7 @@ pub fn record(
     let placeholders;
     let (ss, ds) = match (src.score, dst.score) {
         (Some(s), Some(d)) => {
-            need_f32("kv_compact src score", s, cfg.n_kv_heads * cfg.capacity)?;
+            need_f32("kv_compact src score", s, cfg.n_kv_heads * src_capacity)?;
             need_f32("kv_compact dst score", d, cfg.n_kv_heads * cfg.capacity)?;
             (s, d)
         }
@@ -143,17 +153,24 @@ mod tests {
     fn kv_compact_matches_reference() {
         let Some(ctx) = test_context() else { return };
         let mut rng = SplitMix64::new(test_seed(91));
+        // (heads, head dim, source slots, used, kept, destination slots, K type, V type)
         let cases = [
-            (3, 64, 120, 117, 40, KvType::F16, KvType::F16),
-            (2, 64, 50, 50, 50, KvType::Q8, KvType::Q4),
-            (1, 128, 33, 20, 1, KvType::Q4, KvType::F16),
-            (2, 46, 21, 21, 9, KvType::F16, KvType::F16),
+            (3, 64, 120, 117, 40, 120, KvType::F16, KvType::F16),
+            (2, 64, 50, 50, 50, 50, KvType::Q8, KvType::Q4),
+            (1, 128, 33, 20, 1, 33, KvType::Q4, KvType::F16),
+            (2, 46, 21, 21, 9, 21, KvType::F16, KvType::F16),
+            // One-shot eviction: a larger staging buffer into a smaller cache.
+            (3, 64, 97, 90, 30, 35, KvType::Q8, KvType::F16),
         ];
-        for (nkv, hd, cap, n, keep, kt, vt) in cases {
+        for (nkv, hd, cap, n, keep, dcap, kt, vt) in cases {
             let cfg = KvCacheConfig {
                 k_type: kt,
                 v_type: vt,
                 ..KvCacheConfig::f16(1, nkv, hd, cap)
+            };
+            let dcfg = KvCacheConfig {
+                capacity: dcap,
+                ..cfg
             };
             // Compaction moves words and never looks inside them: random words will do.
             let mut words = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.next_u32()).collect() };
@@ -174,8 +191,9 @@ mod tests {
             let (sk, sv, gk) = (up("k", &k), up("v", &v), up("kept", &kept));
             let ss = ctx.upload("s", &s).unwrap();
             let f = |name: &str, n: usize| ctx.storage_f32(name, n).unwrap();
-            let (dk, dv, ds) = (f("dk", k.len()), f("dv", v.len()), f("ds", s.len()));
-            let (dk2, dv2) = (f("dk2", k.len()), f("dv2", v.len()));
+            let (dkw, dvw) = (dcfg.k_layer_words(), dcfg.v_layer_words());
+            let (dk, dv, ds) = (f("dk", dkw), f("dv", dvw), f("ds", nkv * dcap));
+            let (dk2, dv2) = (f("dk2", dkw), f("dv2", dvw));
             let mut enc = ctx.encoder("test");
             let src = LayerBuffers {
                 k: &sk,
@@ -187,7 +205,7 @@ mod tests {
                 v: &dv,
                 score: Some(&ds),
             };
-            record(ctx, &mut enc, &cfg, keep, &gk, &src, &dst).unwrap();
+            record(ctx, &mut enc, &dcfg, cap, keep, &gk, &src, &dst).unwrap();
             // And without scores (the window policy).
             let src2 = LayerBuffers {
                 k: &sk,
@@ -199,7 +217,7 @@ mod tests {
                 v: &dv2,
                 score: None,
             };
-            record(ctx, &mut enc, &cfg, keep, &gk, &src2, &dst2).unwrap();
+            record(ctx, &mut enc, &dcfg, cap, keep, &gk, &src2, &dst2).unwrap();
             ctx.submit_wait(enc).unwrap();
             let (mut wk, mut wv, mut ws) = (k.clone(), v.clone(), s.clone());
             reference(&cfg, cfg.k_row_words(), keep, &kept, &mut wk);
@@ -212,22 +230,23 @@ mod tests {
                     .map(|x| x.to_bits())
                     .collect()
             };
-            let gs = ctx.read_f32(&ds, s.len()).unwrap();
-            for (name, buf, want, row) in [
-                ("K", &dk, &wk, cfg.k_row_words()),
-                ("V", &dv, &wv, cfg.v_row_words()),
-                ("K without scores", &dk2, &wk, cfg.k_row_words()),
-                ("V without scores", &dv2, &wv, cfg.v_row_words()),
+            let gs = ctx.read_f32(&ds, nkv * dcap).unwrap();
+            for (name, buf, want, row, words) in [
+                ("K", &dk, &wk, cfg.k_row_words(), dkw),
+                ("V", &dv, &wv, cfg.v_row_words(), dvw),
+                ("K without scores", &dk2, &wk, cfg.k_row_words(), dkw),
+                ("V without scores", &dv2, &wv, cfg.v_row_words(), dvw),
             ] {
-                let got = read(buf, want.len());
+                let got = read(buf, words);
                 for h in 0..nkv {
-                    let r = h * cap * row..(h * cap + keep) * row;
-                    assert_eq!(got[r.clone()], want[r], "{name} head {h} ({kt:?}/{vt:?})");
+                    let g = h * dcap * row..(h * dcap + keep) * row;
+                    let w = h * cap * row..(h * cap + keep) * row;
+                    assert_eq!(got[g], want[w], "{name} head {h} ({kt:?}/{vt:?})");
                 }
             }
             for h in 0..nkv {
-                let r = h * cap..h * cap + keep;
-                assert_eq!(gs[r.clone()], ws[r], "scores head {h}");
+                let (g, w) = (h * dcap..h * dcap + keep, h * cap..h * cap + keep);
+                assert_eq!(gs[g], ws[w], "scores head {h}");
             }
         }
     }

@@ -9,6 +9,12 @@
 //! running scores the score-based policies keep here) and a gather of them to the front
 //! of a spare buffer (`kernels::kv_compact`), then swaps the spare in. Kept slots stay in
 //! order, so attention remains causal by slot, and every KV head keeps the same count.
+//!
+//! NACL's one-shot eviction (`kv::config`) runs per layer inside the forward pass: the
+//! layer's slots are copied into a staging buffer of `slots + oneshot` slots per head
+//! ([`KvCache::stage_layer`]), the chunk is stored and attended there, and the kept slots
+//! are gathered back into the layer ([`KvCache::unstage_layer`]). One staging buffer
+//! serves every layer in turn, so the cache never holds more than the budget.
 
 use crate::gpu::GpuContext;
 use crate::kernels::{kv_compact, kv_select};
@@ -105,6 +111,27 @@ struct Eviction {
     kept: wgpu::Buffer,
 }
 
+/// NACL's one-shot staging area: one layer's K, V and proxy scores at `cfg.capacity` =
+/// `slots + oneshot` slots per head, and the selection scratch of that size.
+#[derive(Debug)]
+struct Staging {
+    cfg: KvCacheConfig,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    score: wgpu::Buffer,
+    mark: wgpu::Buffer,
+    kept: wgpu::Buffer,
+}
+
+/// One layer's buffers as a kernel reads them: the cache's own, or the staging area.
+pub struct LayerView<'a> {
+    pub cfg: KvCacheConfig,
+    pub k: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+    /// Running (or proxy) scores, for the score-based policies.
+    pub score: Option<&'a wgpu::Buffer>,
+}
+
 /// The cache: K and V buffers per layer, slot and position counters.
 #[derive(Debug)]
 pub struct KvCache {
@@ -113,6 +140,7 @@ pub struct KvCache {
     pub k: Vec<wgpu::Buffer>,
     pub v: Vec<wgpu::Buffer>,
     ev: Option<Eviction>,
+    staging: Option<Staging>,
     used: usize,
     position: usize,
     evicted: u64,
@@ -137,11 +165,23 @@ impl KvCache {
                 )));
             }
         }
-        let words = config.k_layer_words().max(config.v_layer_words());
+        let stage_cfg = KvCacheConfig {
+            capacity: config.capacity + plan.oneshot,
+            ..config
+        };
+        let words = stage_cfg.k_layer_words().max(stage_cfg.v_layer_words());
         let bytes = words as u64 * 4;
         if bytes > ctx.max_binding() {
+            let what = if plan.oneshot > 0 {
+                format!(
+                    "one layer of the KV cache with NACL's one-shot staging ({} slots + a chunk of {})",
+                    config.capacity, plan.oneshot
+                )
+            } else {
+                format!("one layer of the KV cache ({} slots)", config.capacity)
+            };
             return Err(Error::TooLarge {
-                what: format!("one layer of the KV cache ({} slots)", config.capacity),
+                what,
                 bytes,
                 limit: ctx.max_binding(),
                 limit_name: "max_storage_buffer_binding_size",
@@ -176,10 +216,24 @@ impl KvCache {
         } else {
             None
         };
+        let staging = if plan.oneshot > 0 {
+            let per_head = stage_cfg.n_kv_heads * stage_cfg.capacity;
+            Some(Staging {
+                cfg: stage_cfg,
+                k: ctx.storage_f32("kv.stage.k", stage_cfg.k_layer_words())?,
+                v: ctx.storage_f32("kv.stage.v", stage_cfg.v_layer_words())?,
+                score: ctx.storage_f32("kv.stage.score", per_head)?,
+                mark: ctx.storage_f32("kv.stage.mark", per_head)?,
+                kept: ctx.storage_f32("kv.stage.kept", per_head)?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             k: make("k", config.k_layer_words())?,
             v: make("v", config.v_layer_words())?,
             ev,
+            staging,
             config,
             plan,
             used: 0,
@@ -264,7 +318,7 @@ impl KvCache {
                 v: &ev.spare_v,
                 score: ev.spare_s.as_ref(),
             };
-            kv_compact::record(ctx, enc, &cfg, sel.keep, &ev.kept, &src, &dst)?;
+            kv_compact::record(ctx, enc, &cfg, cfg.capacity, sel.keep, &ev.kept, &src, &dst)?;
             std::mem::swap(&mut self.k[l], &mut ev.spare_k);
             std::mem::swap(&mut self.v[l], &mut ev.spare_v);
             if let (Some(s), Some(spare)) = (ev.scores.get_mut(l), ev.spare_s.as_mut()) {
@@ -276,6 +330,101 @@ impl KvCache {
         self.evictions += 1;
         self.used = keep;
         Ok(())
+    }
+
+    /// Layer `l` as the forward pass reads it.
+    pub fn layer(&self, l: usize) -> LayerView<'_> {
+        LayerView {
+            cfg: self.config,
+            k: &self.k[l],
+            v: &self.v[l],
+            score: self.scores(l),
+        }
+    }
+
+    /// Record the copy of layer `l`'s slots in use into the staging area, for a one-shot
+    /// eviction (`plan.evicts_oneshot`), and return the staging area: the chunk is stored
+    /// at slot `len()` there, attended and scored, then [`Self::unstage_layer`] keeps
+    /// what the policy selects.
+    pub fn stage_layer(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        l: usize,
+        m: usize,
+    ) -> Result<LayerView<'_>> {
+        let Some(st) = self.staging.as_ref() else {
+            return Err(Error::InvalidArgument(
+                "this KV cache has no one-shot eviction (NACL only)".into(),
+            ));
+        };
+        if m > self.plan.oneshot {
+            return Err(Error::InvalidArgument(format!(
+                "one-shot eviction of {m} tokens: the staging area takes at most {}",
+                self.plan.oneshot
+            )));
+        }
+        let (cfg, cap) = (self.config, st.cfg.capacity);
+        for (src, dst, row) in [
+            (&self.k[l], &st.k, cfg.k_row_words()),
+            (&self.v[l], &st.v, cfg.v_row_words()),
+        ] {
+            let row = 4 * row as u64;
+            for h in 0..cfg.n_kv_heads as u64 {
+                let (from, to) = (h * cfg.capacity as u64 * row, h * cap as u64 * row);
+                if self.used > 0 {
+                    enc.copy_buffer_to_buffer(src, from, dst, to, self.used as u64 * row);
+                }
+            }
+        }
+        Ok(LayerView {
+            cfg: st.cfg,
+            k: &st.k,
+            v: &st.v,
+            score: Some(&st.score),
+        })
+    }
+
+    /// Record the selection of layer `l`'s slots to keep out of the `len() + m` in the
+    /// staging area (scored there by the chunk's proxy queries) and their gather into the
+    /// layer, with their scores. Call [`Self::finish_oneshot`] after every layer.
+    pub fn unstage_layer(
+        &self,
+        ctx: &GpuContext,
+        enc: &mut wgpu::CommandEncoder,
+        l: usize,
+        m: usize,
+    ) -> Result<()> {
+        let (Some(st), Some(ev)) = (self.staging.as_ref(), self.ev.as_ref()) else {
+            return Err(Error::InvalidArgument(
+                "this KV cache has no one-shot eviction (NACL only)".into(),
+            ));
+        };
+        let n = self.used + m;
+        let sel = self.plan.select(n, l, self.evictions);
+        let cap = st.cfg.capacity;
+        let nkv = self.config.n_kv_heads;
+        kv_select::record(ctx, enc, nkv, cap, &sel, &st.score, &st.mark, &st.kept)?;
+        let src = kv_compact::LayerBuffers {
+            k: &st.k,
+            v: &st.v,
+            score: Some(&st.score),
+        };
+        let dst = kv_compact::LayerBuffers {
+            k: &self.k[l],
+            v: &self.v[l],
+            score: ev.scores.get(l),
+        };
+        kv_compact::record(ctx, enc, &self.config, cap, sel.keep, &st.kept, &src, &dst)
+    }
+
+    /// Count a one-shot eviction of a chunk of `m` tokens in every layer.
+    pub fn finish_oneshot(&mut self, m: usize) {
+        let n = self.used + m;
+        let keep = self.plan.keep.min(n);
+        self.evicted += (n - keep) as u64;
+        self.evictions += 1;
+        self.used = keep;
+        self.position += m;
     }
 
     /// Forget everything (the buffers are kept).
@@ -297,6 +446,11 @@ impl KvCache {
                 + e.spare_s.as_ref().map_or(0, |b| b.size())
                 + e.mark.size()
                 + e.kept.size()
+        }) + self.staging.as_ref().map_or(0, |st| {
+            [&st.k, &st.v, &st.score, &st.mark, &st.kept]
+                .iter()
+                .map(|b| b.size())
+                .sum::<u64>()
         });
         KvStats {
             plan: self.plan.describe(),

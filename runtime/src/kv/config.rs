@@ -13,12 +13,19 @@
 //!   attention (every query seen so far, prefill and decode).
 //! - `nacl` (Chen et al., 2024): of the kept slots 5% protected (sinks, then recent),
 //!   60% by proxy-query attention, 35% sampled at random with probability proportional to
-//!   softmax(score) — the paper's 1% / 12% / 7% split of a 20% budget. Proxy queries are
-//!   the last max(32, 1%) tokens of each prefill chunk; a prompt that fits the budget
-//!   is evicted once, after its last chunk, by its own question. During decode the
-//!   attention of each generated token is added to the proxy scores (as H2O does), so
-//!   when generation fills the budget the same split applies with scores that include
-//!   what was generated.
+//!   softmax(score) — the paper's 1% / 12% / 7% split of a 20% budget. NACL evicts
+//!   one-shot during prefill, as the paper does: a prompt chunk that overflows the budget
+//!   is not split to the headroom; each layer stores the chunk's K/V into a staging
+//!   buffer holding the cache plus the chunk (one layer's worth, `slots + chunk` slots
+//!   per head, shared by all layers), attends over all of it densely, scores every key
+//!   by the chunk's proxy queries (its last max(32, 1%) tokens, which usually hold the
+//!   question), selects, and gathers the kept slots into the cache before the next layer
+//!   runs. So a prompt of up to `chunk` tokens is evicted once, by its own question, and
+//!   the logits of its tokens are those of the full cache; longer prompts are taken
+//!   chunk by chunk, never allocating more than the budget plus one layer's staging.
+//!   During decode the attention of each generated token is added to the proxy scores
+//!   (as H2O does), so when generation fills the budget it evicts in batches like the
+//!   other policies, with the same split and scores that include what was generated.
 //!
 //! Sparse decode (TidalDecode, Yang et al., 2024, arXiv 2410.05076) saves reads, not
 //! memory: for each decoded token the layers before the token-selection layer attend
@@ -272,6 +279,9 @@ pub struct KvPlan {
     pub v_type: KvType,
     pub hadamard: bool,
     pub tidal: Option<Tidal>,
+    /// Most prompt tokens one one-shot eviction takes (NACL: the prefill chunk; else 0):
+    /// the extra slots per head of the staging buffer.
+    pub oneshot: usize,
 }
 
 impl KvPlan {
@@ -289,6 +299,7 @@ impl KvPlan {
                     v_type: opts.v_type,
                     hadamard: opts.rotates(),
                     tidal: opts.tidal_for(geom)?,
+                    oneshot: 0,
                 })
             }
             (KvPolicy::Full, Some(b)) => {
@@ -328,6 +339,11 @@ impl KvPlan {
             v_type: opts.v_type,
             hadamard: opts.rotates(),
             tidal: opts.tidal_for(geom)?,
+            oneshot: if opts.policy == KvPolicy::Nacl {
+                chunk.max(1)
+            } else {
+                0
+            },
         })
     }
 
@@ -348,13 +364,22 @@ impl KvPlan {
         self.policy != KvPolicy::Full
     }
 
-    /// Most tokens one prefill chunk may have so that it fits after an eviction.
+    /// Most tokens one prefill chunk may have: the one-shot chunk under NACL, else what
+    /// fits after an eviction.
     pub fn max_chunk(&self) -> usize {
-        if self.evicts() {
+        if self.oneshot > 0 {
+            self.oneshot
+        } else if self.evicts() {
             self.slots - self.keep
         } else {
             self.slots
         }
+    }
+
+    /// Whether a chunk of `m` tokens arriving with `used` slots in use is evicted one-shot
+    /// (after its attention, from the staging buffer) instead of before it.
+    pub fn evicts_oneshot(&self, used: usize, m: usize) -> bool {
+        self.oneshot > 0 && m > 1 && used + m > self.slots
     }
 
     /// The selection for an eviction of `n` slots in use down to `keep`, in `layer`, the
@@ -492,7 +517,13 @@ mod tests {
         assert_eq!(p.keep, p.slots - 364);
         for policy in [KvPolicy::Window, KvPolicy::H2o, KvPolicy::Nacl] {
             let p = KvPlan::new(&opts(policy, Some(KvBudget::Tokens(1638))), G, 8192, 512).unwrap();
-            assert!(p.max_chunk() <= 512 && p.keep + p.max_chunk() == p.slots);
+            if policy == KvPolicy::Nacl {
+                assert_eq!((p.max_chunk(), p.oneshot), (512, 512));
+                assert!(p.evicts_oneshot(p.slots - 10, 11) && !p.evicts_oneshot(p.slots - 1, 1));
+            } else {
+                assert!(p.max_chunk() <= 512 && p.keep + p.max_chunk() == p.slots);
+                assert!(!p.evicts_oneshot(p.slots, 100));
+            }
             for n in [p.keep, p.slots, p.slots - 1] {
                 let s = p.select(n, 3, 7);
                 s.validate(p.slots).unwrap();

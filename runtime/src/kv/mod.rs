@@ -7,7 +7,7 @@ mod cache;
 mod config;
 mod format;
 
-pub use cache::{KvCache, KvCacheConfig, KvStats};
+pub use cache::{KvCache, KvCacheConfig, KvStats, LayerView};
 pub use config::{
     KvBudget, KvGeometry, KvOptions, KvPlan, KvPolicy, Tidal, TidalOptions, TidalRole,
 };
