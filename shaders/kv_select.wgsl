@@ -4,7 +4,9 @@
 //
 // 1. Protected: the first `sinks` slots (attention sinks, StreamingLLM) and the last
 //    `recent` slots.
-// 2. By score: the `n_score` unprotected slots of highest score (H2O, NACL).
+// 2. By score: the `n_score` unprotected slots of highest score (H2O, NACL). With
+//    `pool` > 0 a slot's score is the largest within `pool` slots of it (max-pooling, as
+//    SnapKV does), so the neighbours of a strongly attended token are kept with it.
 // 3. Random: `n_random` more slots sampled without replacement with probability
 //    proportional to softmax(score) over the slots still unchosen (NACL), by the
 //    Gumbel-top-k trick: the top n_random of score + Gumbel noise are exactly such a
@@ -26,7 +28,7 @@ struct Params {
     capacity: u32,
     seed: u32,
     salt: u32,
-    _pad0: u32,
+    pool: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -66,8 +68,19 @@ fn gumbel(kvh: u32, j: u32) -> f32 {
     return -log(-log(u));
 }
 
+fn pooled(kvh: u32, j: u32) -> f32 {
+    let base = kvh * p.capacity;
+    var s = score[base + j];
+    let lo = j - min(j, p.pool);
+    let hi = min(p.n - 1u, j + p.pool);
+    for (var i = lo; i <= hi; i++) {
+        s = max(s, score[base + i]);
+    }
+    return s;
+}
+
 fn key(stage: u32, kvh: u32, j: u32) -> u32 {
-    let s = score[kvh * p.capacity + j];
+    let s = pooled(kvh, j);
     if (stage == 0u) {
         return order_key(s);
     }

@@ -62,6 +62,10 @@ pub struct KvArgs {
     /// Seed of NACL's random sample
     #[arg(long, default_value_t = 0)]
     pub kv_seed: u64,
+    /// Max-pool h2o/nacl scores over this many neighbouring slots each side before
+    /// ranking, so spans around attended tokens are kept whole (default: 8 for nacl, 0 for h2o)
+    #[arg(long)]
+    pub kv_pool: Option<usize>,
     /// Storage type of K and V: f16, q8 (as llama.cpp's q8_0) or q4 (as q4_0)
     #[arg(long, default_value = "f16")]
     pub kv_type: KvType,
@@ -106,6 +110,7 @@ impl KvArgs {
             k_type: self.kv_type_k.unwrap_or(self.kv_type),
             v_type: self.kv_type_v.unwrap_or(self.kv_type),
             hadamard: self.kv_rotate.0,
+            pool: self.kv_pool,
             tidal: (self.sparse_decode == "tidal").then_some(TidalOptions {
                 k: self.tidal_k,
                 layers: self.tidal_layers,

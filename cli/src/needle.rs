@@ -36,8 +36,9 @@ pub struct NeedleArgs {
     /// Seed of the magic numbers
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Prefill chunk in tokens
-    #[arg(long, default_value_t = 512)]
+    /// Prefill chunk in tokens. NACL evicts one-shot per chunk, scored by the chunk's
+    /// last tokens: a prompt within one chunk is judged by its own question
+    #[arg(long, default_value_t = 2048)]
     pub chunk: usize,
     /// Print the result as JSON on stdout instead of a table
     #[arg(long)]

@@ -185,6 +185,7 @@ mod tests {
                 n_random: 0,
                 seed: 0,
                 salt: 0,
+                pool: 0,
             };
             let kept = kv_select::reference(nkv, cap, &plan, &s).unwrap();
             let up = |name: &str, d: &[u32]| ctx.upload(name, d).unwrap();

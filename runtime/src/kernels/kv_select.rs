@@ -28,6 +28,10 @@ pub struct SelectPlan {
     pub seed: u32,
     /// Mixed into the random draw (layer and eviction count), so draws differ per layer.
     pub salt: u32,
+    /// Radius of the max-pooling of scores over neighbouring slots before ranking (0:
+    /// none): a slot ranks by the best score within `pool` slots of it, so the tokens
+    /// around a strongly attended one are kept with it (SnapKV's clustering).
+    pub pool: usize,
 }
 
 impl SelectPlan {
@@ -57,7 +61,8 @@ struct KvSelectParams {
     capacity: u32,
     seed: u32,
     salt: u32,
-    _pad: [u32; 3],
+    pool: u32,
+    _pad: [u32; 2],
 }
 const _: () = assert!(std::mem::size_of::<KvSelectParams>() == 48);
 
@@ -89,7 +94,8 @@ pub fn record(
         capacity: capacity as u32,
         seed: plan.seed,
         salt: plan.salt,
-        _pad: [0; 3],
+        pool: plan.pool as u32,
+        _pad: [0; 2],
     };
     let ub = ctx.uniform("kv_select.params", &params);
     let bg = ctx.bind("kv_select", &pipeline, &[score, mark, kept, &ub]);
@@ -126,7 +132,15 @@ pub fn reference(
     let n = plan.n;
     let mut out = Vec::with_capacity(n_kv_heads * plan.keep);
     for kvh in 0..n_kv_heads {
-        let s = &score[kvh * capacity..][..n];
+        let raw = &score[kvh * capacity..][..n];
+        let r = plan.pool;
+        let s: Vec<f32> = (0..n)
+            .map(|j| {
+                raw[j.saturating_sub(r)..(j + r + 1).min(n)]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+            })
+            .collect();
         let mut chosen: Vec<bool> = (0..n)
             .map(|j| j < plan.sinks || j + plan.recent >= n)
             .collect();
@@ -176,15 +190,18 @@ mod tests {
     fn kv_select_matches_reference() {
         let Some(ctx) = test_context() else { return };
         let mut rng = SplitMix64::new(test_seed(77));
-        // (heads, capacity, n, sinks, recent, by score, random)
+        // (heads, capacity, n, sinks, recent, by score, random, pooling radius)
         let cases = [
-            (3, 100, 100, 4, 20, 0, 0),     // window
-            (2, 700, 613, 4, 100, 150, 0),  // h2o, n not a multiple of the workgroup
-            (4, 64, 50, 0, 0, 10, 0),       // pure top-k
-            (2, 3000, 2999, 4, 30, 400, 0), // long
-            (1, 9, 9, 9, 0, 0, 0),          // keep everything
+            (3, 100, 100, 4, 20, 0, 0, 0),     // window
+            (2, 700, 613, 4, 100, 150, 0, 0),  // h2o, n not a multiple of the workgroup
+            (4, 64, 50, 0, 0, 10, 0, 0),       // pure top-k
+            (2, 3000, 2999, 4, 30, 400, 0, 0), // long
+            (1, 9, 9, 9, 0, 0, 0, 0),          // keep everything
+            (3, 500, 431, 4, 20, 90, 0, 3),    // pooled top-k
+            (2, 40, 37, 1, 2, 20, 0, 1),       // pooled, most slots kept
+            (2, 50, 50, 0, 0, 7, 0, 60),       // radius past both ends
         ];
-        for (nkv, cap, n, sinks, recent, n_score, n_random) in cases {
+        for (nkv, cap, n, sinks, recent, n_score, n_random, pool) in cases {
             let keep = sinks + recent + n_score + n_random;
             let plan = SelectPlan {
                 n,
@@ -195,6 +212,7 @@ mod tests {
                 n_random,
                 seed: 1,
                 salt: 2,
+                pool,
             };
             // Scores with many exact ties (rounded) to exercise the tie rule.
             let s: Vec<f32> = rng
@@ -223,6 +241,7 @@ mod tests {
             n_random: 60,
             seed: 1234,
             salt: 5,
+            pool: 0,
         };
         let got = gpu_select(ctx, nkv, cap, &plan, &s);
         assert_eq!(
@@ -277,6 +296,7 @@ mod tests {
             n_random: 1,
             seed: 0,
             salt: 0,
+            pool: 0,
         };
         assert!(plan.validate(10).is_err(), "parts do not add up");
         assert!(SelectPlan { keep: 4, ..plan }.validate(10).is_ok());

@@ -500,6 +500,7 @@ mod tests {
             v_type: vt,
             hadamard: Some(false),
             tidal: None,
+            pool: None,
         };
         let plan = KvPlan::new(&opts, geom, 1 << 20, 512).unwrap();
         let mut cache = KvCache::new(ctx, geom, plan).unwrap();

@@ -151,7 +151,17 @@ pub struct KvOptions {
     pub hadamard: Option<bool>,
     /// TidalDecode sparse decode.
     pub tidal: Option<TidalOptions>,
+    /// Radius of the max-pooling of scores before the score-based policies rank slots
+    /// (`kernels::kv_select`). None: [`NACL_POOL`] under NACL, 0 (none) under H2O.
+    pub pool: Option<usize>,
 }
+
+/// NACL's default pooling radius. Proxy queries (the question) attend to the start of a
+/// span they ask about (e.g. the first digits of a number), not to its continuation,
+/// which the answer then needs token by token: without pooling NACL keeps the first
+/// digits and drops the rest. Measured on SmolLM2-135M, needle at 1k tokens, 20% budget,
+/// 5 depths: radius 0 and 5 retrieve 0/5, radius 8 4/5 (docs/EVAL.md).
+pub const NACL_POOL: usize = 8;
 
 /// TidalDecode settings as given: `k` slots per KV head, and optionally the selection and
 /// re-selection layers (default 2 and n_layers / 2).
@@ -203,6 +213,7 @@ impl Tidal {
             n_random: 0,
             seed: 0,
             salt: 0,
+            pool: 0,
         }
     }
 }
@@ -218,6 +229,7 @@ impl Default for KvOptions {
             v_type: KvType::F16,
             hadamard: None,
             tidal: None,
+            pool: None,
         }
     }
 }
@@ -282,6 +294,8 @@ pub struct KvPlan {
     /// Most prompt tokens one one-shot eviction takes (NACL: the prefill chunk; else 0):
     /// the extra slots per head of the staging buffer.
     pub oneshot: usize,
+    /// Max-pooling radius of the scores before ranking (score-based policies).
+    pub pool: usize,
 }
 
 impl KvPlan {
@@ -300,6 +314,7 @@ impl KvPlan {
                     hadamard: opts.rotates(),
                     tidal: opts.tidal_for(geom)?,
                     oneshot: 0,
+                    pool: 0,
                 })
             }
             (KvPolicy::Full, Some(b)) => {
@@ -343,6 +358,11 @@ impl KvPlan {
                 chunk.max(1)
             } else {
                 0
+            },
+            pool: match opts.policy {
+                KvPolicy::Nacl => opts.pool.unwrap_or(NACL_POOL),
+                KvPolicy::H2o => opts.pool.unwrap_or(0),
+                _ => 0,
             },
         })
     }
@@ -406,6 +426,7 @@ impl KvPlan {
             n_random,
             seed: (self.seed ^ (self.seed >> 32)) as u32,
             salt: (layer as u32).wrapping_mul(0x85eb_ca6b) ^ (epoch as u32),
+            pool: self.pool,
         }
     }
 
@@ -430,9 +451,14 @@ impl KvPlan {
                 t.k, t.select_layer, t.reselect_layer
             )
         });
+        let pool = if self.pool > 0 {
+            format!(", pooled ±{}", self.pool)
+        } else {
+            String::new()
+        };
         if self.evicts() {
             format!(
-                "{types} {} budget {} slots (evicts to {}), {} sinks{tidal}",
+                "{types} {} budget {} slots (evicts to {}), {} sinks{pool}{tidal}",
                 self.policy.name(),
                 self.slots,
                 self.keep,
