@@ -285,6 +285,98 @@ fn nacl_oneshot_prefill_equals_the_full_cache_then_evicts() {
     let _ = std::fs::remove_file(path);
 }
 
+/// Allocations, not speed. A Qwen2.5-Coder-1.5B-shaped session (28 layers, 2 KV heads of
+/// 128, the real model's KV geometry; tiny elsewhere) for a 32k context with a 20% budget
+/// creates a fifth of the full cache: its KV bytes are what the plan predicts, and all it
+/// creates (KV, NACL staging, scoring, scratch) stays far below the full cache. A session
+/// with SmolLM2's KV heads streams an 8k-token prompt at a 20% budget chunk by chunk and
+/// creates no buffer after its first chunk.
+#[test]
+fn budgeted_sessions_allocate_the_budget_not_the_context() {
+    let Some(ctx) = test_context() else { return };
+    let shaped = |name: &str, layers, dim, heads, kv_heads| {
+        let spec = SynthSpec {
+            layers,
+            dim,
+            heads,
+            kv_heads,
+            ffn: 64,
+            context: 32768,
+            ..SynthSpec::default()
+        };
+        let path = synthetic_with(name, &spec);
+        let model = Arc::new(LlamaModel::open(&path).unwrap());
+        let _ = std::fs::remove_file(path);
+        let weights = Arc::new(GpuWeights::upload(ctx, &model).unwrap());
+        (model, weights)
+    };
+    // Qwen2.5-Coder-1.5B's KV geometry at 32k, 20 %.
+    let (model, weights) = shaped("qwen-shape", 28, 256, 2, 2);
+    let geom = model.kv_geometry();
+    assert_eq!(
+        (geom.n_layers, geom.n_kv_heads, geom.head_dim),
+        (28, 2, 128)
+    );
+    let full = kvedge_runtime::kv::KvCacheConfig::f16(28, 2, 128, 32768).total_bytes();
+    let before = ctx.storage_bytes_created();
+    let nacl = opts(KvPolicy::Nacl, 32768 / 5);
+    let gpu = GpuForward::new(ctx.clone(), model, weights, 32768, 512, &nacl).unwrap();
+    let created = ctx.storage_bytes_created() - before;
+    let st = gpu.kv().stats();
+    let predicted = kvedge_runtime::kv::KvCacheConfig::f16(28, 2, 128, 32768 / 5).total_bytes();
+    assert_eq!(
+        st.kv_bytes, predicted,
+        "stats report what the plan predicts"
+    );
+    assert_eq!(predicted, 28 * 2 * 2 * 128 * 2 * 6553);
+    eprintln!(
+        "32k context, 20 % budget: KV {} of the full cache's {} bytes ({:.3}); everything the session created {} ({:.3}), of which eviction and staging {}",
+        st.kv_bytes,
+        full,
+        st.kv_bytes as f64 / full as f64,
+        created,
+        created as f64 / full as f64,
+        st.aux_bytes
+    );
+    assert!((st.kv_bytes as f64 / full as f64 - 0.2).abs() < 0.001);
+    assert!(
+        created < full / 4,
+        "the session created {created} bytes, the full cache is {full}"
+    );
+    drop(gpu);
+
+    // SmolLM2's KV heads (3 of 64) over 2 layers, so that software Vulkan streams the
+    // 8k tokens in about a minute: an 8k-token prompt at a 20 % budget, chunk by chunk.
+    let (model, weights) = shaped("smollm2-heads", 2, 192, 3, 3);
+    let geom = model.kv_geometry();
+    assert_eq!((geom.n_kv_heads, geom.head_dim), (3, 64));
+    let nacl = opts(KvPolicy::Nacl, 1638);
+    let mut gpu = GpuForward::new(ctx.clone(), model, weights, 8192, 512, &nacl).unwrap();
+    let prompt: Vec<u32> = (0..8192).map(|i| (i * 31 + 7) % 300).collect();
+    let t0 = std::time::Instant::now();
+    gpu.forward(&prompt[..512]).unwrap();
+    let after_first = ctx.storage_bytes_created();
+    gpu.forward(&prompt[512..]).unwrap();
+    let st = gpu.kv().stats();
+    eprintln!(
+        "8192 tokens streamed in {:.1} s: {st:?}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        ctx.storage_bytes_created(),
+        after_first,
+        "streaming past the budget creates no buffer"
+    );
+    assert!(
+        st.used <= 1638 && st.evicted == 8192 - st.used as u64 && st.evictions > 1,
+        "{st:?}"
+    );
+    assert_eq!(
+        st.kv_bytes,
+        kvedge_runtime::kv::KvCacheConfig::f16(2, 3, 64, 1638).total_bytes()
+    );
+}
+
 /// A long greedy generation on a tiny budget: never "context full", the cache never
 /// above its budget, sinks kept (the first tokens keep their slots: checked through the
 /// window equivalence in the runtime's cache tests), and the same seed gives the same text.

@@ -114,6 +114,8 @@ pub struct GpuContext {
     max_binding: u64,
     pipelines: PipelineCache,
     errors: Arc<Mutex<Vec<String>>>,
+    /// Bytes of every storage buffer created through this context (never decremented).
+    created: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -224,6 +226,7 @@ impl GpuContext {
             limits,
             max_binding,
             errors,
+            created: Default::default(),
         })
     }
 
@@ -297,10 +300,23 @@ impl GpuContext {
         Ok(())
     }
 
+    /// Bytes of all storage buffers created through this context so far, dropped ones
+    /// included: what weights, KV caches and scratch asked for, for checking allocations
+    /// (a session that streams within its budget creates nothing after it starts).
+    pub fn storage_bytes_created(&self) -> u64 {
+        self.created.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count(&self, bytes: u64) {
+        self.created
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A zeroed storage buffer of `len` f32 values.
     pub fn storage_f32(&self, label: &str, len: usize) -> Result<wgpu::Buffer> {
         let bytes = (len.max(1) * 4) as u64;
         self.check_size(label, bytes)?;
+        self.count(bytes);
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
@@ -319,6 +335,7 @@ impl GpuContext {
     pub fn upload_bytes(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
         let size = (bytes.len().max(4) as u64).div_ceil(4) * 4;
         self.check_size(label, size)?;
+        self.count(size);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
