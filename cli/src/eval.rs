@@ -16,6 +16,9 @@ pub enum EvalCommand {
     Ppl(PplArgs),
     /// Needle-in-a-haystack retrieval over a grid of prompt lengths and needle depths.
     Needle(crate::needle::NeedleArgs),
+    /// Quality against KV memory for every KV method (needle or streaming perplexity):
+    /// a markdown table with commands, JSON and an SVG plot.
+    Sweep(crate::sweep::SweepArgs),
 }
 
 #[derive(Args)]
@@ -42,6 +45,7 @@ pub fn run(cmd: &EvalCommand) -> Result<(), Box<dyn std::error::Error>> {
     let args = match cmd {
         EvalCommand::Ppl(args) => args,
         EvalCommand::Needle(args) => return crate::needle::run(args),
+        EvalCommand::Sweep(args) => return crate::sweep::run(args),
     };
     let bytes = std::fs::read(&args.text).map_err(|e| format!("{}: {e}", args.text.display()))?;
     let text = String::from_utf8(bytes)

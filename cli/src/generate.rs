@@ -62,8 +62,9 @@ pub struct KvArgs {
     /// Seed of NACL's random sample
     #[arg(long, default_value_t = 0)]
     pub kv_seed: u64,
-    /// Max-pool h2o/nacl scores over this many neighbouring slots each side before
-    /// ranking, so spans around attended tokens are kept whole (default: 8 for nacl, 0 for h2o)
+    /// Max-pool h2o/nacl/TidalDecode scores over this many neighbouring slots each side
+    /// before ranking, so spans around attended tokens are kept whole (default: 8 for nacl
+    /// and tidal, 0 for h2o)
     #[arg(long)]
     pub kv_pool: Option<usize>,
     /// Storage type of K and V: f16, q8 (as llama.cpp's q8_0) or q4 (as q4_0)

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use kvedge_models::SessionConfig;
+use kvedge_models::{Model, SessionConfig};
+use kvedge_runtime::kv::KvOptions;
 use kvedge_runtime::rng::SplitMix64;
 use kvedge_runtime::sample::SamplingOptions;
 use kvedge_runtime::session::GenerateOptions;
@@ -45,12 +46,12 @@ pub struct NeedleArgs {
     pub json: bool,
 }
 
-struct Trial {
-    length: usize,
-    depth: u32,
-    prompt_tokens: usize,
-    passed: bool,
-    reply: String,
+pub struct Trial {
+    pub length: usize,
+    pub depth: u32,
+    pub prompt_tokens: usize,
+    pub passed: bool,
+    pub reply: String,
 }
 
 /// The essays, in file-name order, joined by blank lines.
@@ -78,29 +79,59 @@ fn read_haystack(dir: &PathBuf) -> Result<String, String> {
     Ok(text)
 }
 
-pub fn run(args: &NeedleArgs) -> Result<(), Box<dyn std::error::Error>> {
-    if args.lengths.is_empty() || args.depths.is_empty() || args.depths.iter().any(|&d| d > 100) {
-        return Err(
-            "--lengths and --depths need at least one value each; depths are 0..=100".into(),
-        );
+/// What one needle run measured: every trial, the KV plan and the device.
+pub struct NeedleRun {
+    pub trials: Vec<Trial>,
+    /// The KV plan and its bytes, as the last session reported them.
+    pub plan: String,
+    pub kv_bytes: u64,
+    pub device: String,
+}
+
+impl NeedleRun {
+    pub fn accuracy(&self) -> f64 {
+        let passed = self.trials.iter().filter(|t| t.passed).count();
+        passed as f64 / self.trials.len().max(1) as f64
     }
-    let dir = match &args.haystack {
+}
+
+/// The haystack as tokens: enough of the essays for the longest prompt.
+pub fn haystack_tokens(
+    model: &Model,
+    dir: Option<&PathBuf>,
+    longest: usize,
+) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+    let dir = match dir {
         Some(d) => d.clone(),
         None => find_in_cache("PaulGrahamEssays").ok_or(
             "the haystack is not fetched: run `bash models/fetch.sh data` or pass --haystack DIR",
         )?,
     };
     let text = read_haystack(&dir)?;
-    let (path, model) = load_model(&args.model)?;
-    let tok = model.tokenizer().clone();
-    let longest = *args.lengths.iter().max().unwrap_or(&0);
     // About 3.5 bytes per token for English prose: take enough text, with room to spare.
     let cut = text
         .char_indices()
         .nth(longest * 8)
         .map_or(text.len(), |(i, _)| i);
-    let hay = tok.encode(&text[..cut], false, false)?;
-    let kv = args.model.kv.options();
+    Ok(model.tokenizer().encode(&text[..cut], false, false)?)
+}
+
+/// Run every (length, depth) trial, each in a fresh session with `kv`.
+pub fn run_trials(
+    model: &Model,
+    hay: &[u32],
+    kv: &KvOptions,
+    lengths: &[usize],
+    depths: &[u32],
+    seed: u64,
+    chunk: usize,
+) -> Result<NeedleRun, Box<dyn std::error::Error>> {
+    if lengths.is_empty() || depths.is_empty() || depths.iter().any(|&d| d > 100) {
+        return Err(
+            "--lengths and --depths need at least one value each; depths are 0..=100".into(),
+        );
+    }
+    let tok = model.tokenizer().clone();
     let opts = GenerateOptions {
         max_tokens: 24,
         sampling: SamplingOptions {
@@ -109,13 +140,15 @@ pub fn run(args: &NeedleArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
         stop: Vec::new(),
     };
-    let mut trials = Vec::new();
-    let mut plan = String::new();
-    let mut device = String::new();
-    let t0 = Instant::now();
-    for &length in &args.lengths {
-        for &depth in &args.depths {
-            let mut rng = SplitMix64::new(args.seed ^ (length as u64) << 20 ^ depth as u64);
+    let mut run = NeedleRun {
+        trials: Vec::new(),
+        plan: String::new(),
+        kv_bytes: 0,
+        device: String::new(),
+    };
+    for &length in lengths {
+        for &depth in depths {
+            let mut rng = SplitMix64::new(seed ^ (length as u64) << 20 ^ depth as u64);
             let number = 1_000_000 + rng.below(9_000_000);
             let needle = format!(" The special magic number is {number}. ");
             // The template and the question take some tokens; the haystack gets the rest.
@@ -145,7 +178,7 @@ pub fn run(args: &NeedleArgs) -> Result<(), Box<dyn std::error::Error>> {
             let user = format!("{body}\n\n{QUESTION}");
             let mut session = model.session(&SessionConfig {
                 context: length + 64,
-                chunk: args.chunk,
+                chunk,
                 kv: kv.clone(),
             })?;
             let mut reply = String::new();
@@ -158,12 +191,9 @@ pub fn run(args: &NeedleArgs) -> Result<(), Box<dyn std::error::Error>> {
                 reply.push_str(&piece?);
             }
             let st = session.stats();
-            plan = format!(
-                "{}; KV {:.2} MiB",
-                st.kv.plan,
-                st.kv.kv_bytes as f64 / (1 << 20) as f64
-            );
-            device = session.device();
+            run.plan = st.kv.plan.clone();
+            run.kv_bytes = st.kv.kv_bytes;
+            run.device = session.device();
             let passed = reply.contains(&number.to_string());
             eprintln!(
                 "length {length} depth {depth}%: {} ({} prompt tokens, {} evicted per head) reply {:?}",
@@ -172,7 +202,7 @@ pub fn run(args: &NeedleArgs) -> Result<(), Box<dyn std::error::Error>> {
                 st.kv.evicted,
                 reply.trim()
             );
-            trials.push(Trial {
+            run.trials.push(Trial {
                 length,
                 depth,
                 prompt_tokens: st.prompt_tokens,
@@ -181,8 +211,32 @@ pub fn run(args: &NeedleArgs) -> Result<(), Box<dyn std::error::Error>> {
             });
         }
     }
+    Ok(run)
+}
+
+pub fn run(args: &NeedleArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (path, model) = load_model(&args.model)?;
+    let longest = *args.lengths.iter().max().unwrap_or(&0);
+    let hay = haystack_tokens(&model, args.haystack.as_ref(), longest)?;
+    let kv = args.model.kv.options();
+    let t0 = Instant::now();
+    let run = run_trials(
+        &model,
+        &hay,
+        &kv,
+        &args.lengths,
+        &args.depths,
+        args.seed,
+        args.chunk,
+    )?;
+    let plan = format!(
+        "{}; KV {:.2} MiB",
+        run.plan,
+        run.kv_bytes as f64 / (1 << 20) as f64
+    );
+    let (trials, device) = (&run.trials, &run.device);
     let passed = trials.iter().filter(|t| t.passed).count();
-    let accuracy = passed as f64 / trials.len() as f64;
+    let accuracy = run.accuracy();
     if args.json {
         let rows: Vec<String> = trials
             .iter()

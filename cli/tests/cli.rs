@@ -341,6 +341,72 @@ fn eval_needle_runs_its_grid_and_rejects_bad_input() {
     let _ = std::fs::remove_dir_all(hay);
 }
 
+/// `eval sweep` end to end on a synthetic model: a needle sweep over full, an eviction
+/// policy at two budgets and TidalDecode writes the table (a row per method and budget,
+/// each with its command), the JSON and the SVG plot; the budgets are shares of the
+/// prompt; a perplexity sweep refuses TidalDecode and an unknown method is an error.
+#[test]
+fn eval_sweep_writes_table_json_and_plot() {
+    let id = std::process::id();
+    let dir = std::env::temp_dir().join(format!("kvedge-cli-sweep-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("m.gguf");
+    let m = model.to_str().unwrap();
+    let (ok, _, err) = kvedge(&["synth", "--context", "1024", "-o", m]);
+    assert!(ok, "{err}");
+    let essay = "The sky was grey over the harbour. Ships came in at dawn. ".repeat(200);
+    std::fs::write(dir.join("a.txt"), &essay).unwrap();
+    let out = dir.join("needle");
+    let common = ["eval", "sweep", "-m", m, "--device", "cpu"];
+    let (ok, stdout, err) = kvedge(
+        &[
+            &common[..],
+            &["--task", "needle", "--haystack", dir.to_str().unwrap()],
+            &["--lengths", "300", "--depths", "50", "--budgets", "50,20"],
+            &["--methods", "full,window,tidal:64", "--tidal-layers", "0,1"],
+            &["-o", out.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{err}");
+    let md = std::fs::read_to_string(dir.join("needle.md")).unwrap();
+    assert_eq!(md, stdout);
+    assert_eq!(md.lines().count(), 2 + 4, "{md}");
+    assert!(md.contains("--kv-policy window --kv-budget 150"), "{md}");
+    assert!(md.contains("--kv-policy window --kv-budget 60"), "{md}");
+    assert!(
+        md.contains("--sparse-decode tidal --tidal-k 64 --tidal-layers 0,1`"),
+        "{md}"
+    );
+    let json = std::fs::read_to_string(dir.join("needle.json")).unwrap();
+    assert_eq!(json.matches("\"accuracy\":").count(), 4, "{json}");
+    let svg = std::fs::read_to_string(dir.join("needle.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("window"), "{svg}");
+    let text = dir.join("a.txt");
+    let (ok, _, err) = kvedge(
+        &[
+            &common[..],
+            &["--task", "ppl", "--text", text.to_str().unwrap()],
+            &["--stream", "100", "--methods", "tidal:64", "-o", m],
+        ]
+        .concat(),
+    );
+    assert!(
+        !ok && err.contains("TidalDecode changes decode steps only"),
+        "{err}"
+    );
+    let (ok, _, err) = kvedge(
+        &[
+            &common[..],
+            &["--task", "ppl", "--text", text.to_str().unwrap()],
+            &["--methods", "lru", "-o", m],
+        ]
+        .concat(),
+    );
+    assert!(!ok && err.contains("unknown method 'lru'"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `bench` on a model: JSON with both speeds, the KV configuration, and the synthetic mark.
 #[test]
 fn bench_measures_a_model_and_marks_synthetic_ones() {

@@ -151,8 +151,9 @@ pub struct KvOptions {
     pub hadamard: Option<bool>,
     /// TidalDecode sparse decode.
     pub tidal: Option<TidalOptions>,
-    /// Radius of the max-pooling of scores before the score-based policies rank slots
-    /// (`kernels::kv_select`). None: [`NACL_POOL`] under NACL, 0 (none) under H2O.
+    /// Radius of the max-pooling of scores before the score-based policies and
+    /// TidalDecode rank slots (`kernels::kv_select`). None: [`NACL_POOL`] under NACL,
+    /// [`TIDAL_POOL`] for TidalDecode's selection, 0 (none) under H2O.
     pub pool: Option<usize>,
 }
 
@@ -177,7 +178,16 @@ pub struct Tidal {
     pub k: usize,
     pub select_layer: usize,
     pub reselect_layer: usize,
+    /// Max-pooling radius of the selection scores (`KvOptions::pool`, default
+    /// [`TIDAL_POOL`]).
+    pub pool: usize,
 }
+
+/// TidalDecode's default pooling radius: as for NACL ([`NACL_POOL`]), the current token's
+/// query finds the start of the span it copies from, and the selection must hold the
+/// span's continuation for the next tokens. Measured on SmolLM2-135M, needle at 1k
+/// tokens, k = 256, 5 depths: radius 0 retrieves 0/5, radius 8 3/5 (docs/EVAL.md).
+pub const TIDAL_POOL: usize = 8;
 
 /// How one layer attends during a decode step under TidalDecode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,7 +223,7 @@ impl Tidal {
             n_random: 0,
             seed: 0,
             salt: 0,
-            pool: 0,
+            pool: self.pool,
         }
     }
 }
@@ -257,6 +267,7 @@ impl KvOptions {
             k: t.k,
             select_layer,
             reselect_layer,
+            pool: self.pool.unwrap_or(TIDAL_POOL),
         }))
     }
 }
@@ -447,8 +458,8 @@ impl KvPlan {
         }
         let tidal = self.tidal.map_or(String::new(), |t| {
             format!(
-                ", tidal k {} at layers {},{}",
-                t.k, t.select_layer, t.reselect_layer
+                ", tidal k {} at layers {},{} pooled ±{}",
+                t.k, t.select_layer, t.reselect_layer, t.pool
             )
         });
         let pool = if self.pool > 0 {

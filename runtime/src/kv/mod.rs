@@ -10,5 +10,6 @@ mod format;
 pub use cache::{KvCache, KvCacheConfig, KvStats, LayerView};
 pub use config::{
     KvBudget, KvGeometry, KvOptions, KvPlan, KvPolicy, Tidal, TidalOptions, TidalRole, NACL_POOL,
+    TIDAL_POOL,
 };
 pub use format::{decode_row, encode_row, KvType, KV_BLOCK};
