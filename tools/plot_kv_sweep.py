@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Plot the tables of scripts/kv-sweep.sh: quality against KV memory, one line per
-eviction policy (its budgets) and one marker per full-cache storage type.
+"""Plot the tables of `kvedge eval sweep` as PNG: quality against KV memory, one line
+per eviction policy (its budgets) and one marker per full-cache storage type. (The sweep
+writes its own SVG; a PNG needs a font rasterizer, which matplotlib brings.)
 
     pip install matplotlib
-    python3 tools/plot_kv_sweep.py docs/kv-ppl-smollm2.md docs/kv-ppl-smollm2.png "SmolLM2 streaming PPL"
+    python3 tools/plot_kv_sweep.py docs/kv-sweep-ppl-smollm2.md docs/kv-sweep-ppl-smollm2.png "SmolLM2 streaming PPL"
 
-The table's quality column (PPL or needle accuracy) is the one after `method` (and
-`length`, for needle tables); `KV MiB` is the x axis.
+The quality column is `PPL` or `accuracy`; `KV MiB` is the x axis.
 """
 import sys
 from collections import defaultdict

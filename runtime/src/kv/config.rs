@@ -5,7 +5,7 @@
 //! and never holds more. It evicts in amortized batches: when the next chunk (or decoded
 //! token) does not fit, every layer and KV head is cut down to B minus a headroom of
 //! max(16, B/8) slots (at most the prefill chunk), so one eviction pass serves many
-//! tokens. Prefill then runs in chunks of at most the headroom.
+//! tokens. Prefill then runs in chunks of at most the headroom (NACL excepted: below).
 //!
 //! Splits of the kept slots (`keep` = B - headroom):
 //! - `window` (StreamingLLM): `sinks` first slots + the most recent slots.
@@ -26,6 +26,10 @@
 //!   During decode the attention of each generated token is added to the proxy scores
 //!   (as H2O does), so when generation fills the budget it evicts in batches like the
 //!   other policies, with the same split and scores that include what was generated.
+//!   Scores are max-pooled over `pool` slots each side before ranking (default
+//!   [`NACL_POOL`] = 8; SnapKV, Li et al., 2024, pools its observation-window scores the
+//!   same way): the question attends to where a span starts, and the answer needs the
+//!   whole span. This is our addition to the paper's method; `--kv-pool 0` turns it off.
 //!
 //! Sparse decode (TidalDecode, Yang et al., 2024, arXiv 2410.05076) saves reads, not
 //! memory: for each decoded token the layers before the token-selection layer attend
@@ -34,7 +38,10 @@
 //! query heads, which for one query head ranks as the pre-softmax scores do); the
 //! following layers attend only to those slots, until the re-selection layer (default
 //! the middle of the stack) attends densely and picks again for the rest. The current
-//! token is always selected. Prefill stays dense. Under H2O or NACL, the running scores
+//! token is always selected. Prefill stays dense. The selection scores are max-pooled
+//! over [`TIDAL_POOL`] = 8 slots each side first (our addition, as for NACL): the
+//! reference implementation ranks single tokens, which on SmolLM2 lost the continuation of
+//! the number being copied (docs/EVAL.md). Under H2O or NACL, the running scores
 //! are updated by the dense layers only during sparse decode.
 
 use std::str::FromStr;
@@ -576,6 +583,23 @@ mod tests {
         )
         .unwrap()
         .select(1000, 0, 0);
+        // Pooling: NACL and TidalDecode by default, H2O only when asked.
+        let pool = |policy, pool: Option<usize>| {
+            let o = KvOptions {
+                pool,
+                tidal: Some(TidalOptions {
+                    k: 64,
+                    layers: None,
+                }),
+                ..opts(policy, Some(KvBudget::Tokens(500)))
+            };
+            let p = KvPlan::new(&o, G, 8192, 512).unwrap();
+            (p.select(500, 0, 0).pool, p.tidal.unwrap().select(100).pool)
+        };
+        assert_eq!(pool(KvPolicy::Nacl, None), (NACL_POOL, TIDAL_POOL));
+        assert_eq!(pool(KvPolicy::H2o, None), (0, TIDAL_POOL));
+        assert_eq!(pool(KvPolicy::Window, Some(3)), (0, 3));
+        assert_eq!(pool(KvPolicy::H2o, Some(2)), (2, 2));
         // keep 875: 43 protected (4 sinks + 39 recent), then 12:7 of the rest by score and at random.
         assert_eq!(
             (s.keep, s.sinks, s.recent, s.n_score, s.n_random),
