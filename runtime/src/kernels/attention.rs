@@ -219,36 +219,47 @@ pub fn reference_sparse(
     validate(cfg, n_heads, 1, 0)?;
     let (hd, group) = (cfg.head_dim, n_heads / cfg.n_kv_heads);
     let mut out = vec![0.0f32; n_heads * hd];
+    let (kr, vr) = (cfg.k_row_words(), cfg.v_row_words());
+    let mut buf = vec![0.0f32; hd];
     for kvh in 0..cfg.n_kv_heads {
         let slots = &sel[kvh * n_sel..(kvh + 1) * n_sel];
-        let n_rows = slots.iter().map(|&s| s as usize + 1).max().unwrap_or(0);
-        if n_rows > cfg.capacity {
+        if let Some(&bad) = slots.iter().find(|&&s| s as usize >= cfg.capacity) {
             return Err(Error::InvalidArgument(format!(
-                "sparse attention: slot {} past the capacity {}",
-                n_rows - 1,
+                "sparse attention: slot {bad} past the capacity {}",
                 cfg.capacity
             )));
         }
-        let k = decode_head(cfg, cfg.k_type, kc, kvh, n_rows);
-        let v = decode_head(cfg, cfg.v_type, vc, kvh, n_rows);
+        // Only the selected rows are decoded.
+        let rows = |cache: &[u32], ty, width: usize, buf: &mut Vec<f32>| -> Vec<f64> {
+            let mut out = Vec::with_capacity(n_sel * hd);
+            for &j in slots {
+                let at = (kvh * cfg.capacity + j as usize) * width;
+                decode_row(ty, &cache[at..at + width], buf);
+                out.extend(buf.iter().map(|&x| x as f64));
+            }
+            out
+        };
+        let k = rows(kc, cfg.k_type, kr, &mut buf);
+        let v = rows(vc, cfg.v_type, vr, &mut buf);
         for h in kvh * group..(kvh + 1) * group {
             let qv = &q[h * hd..(h + 1) * hd];
-            let sc: Vec<f64> = slots
-                .iter()
-                .map(|&j| {
-                    let kj = &k[j as usize * hd..(j as usize + 1) * hd];
+            let sc: Vec<f64> = k
+                .chunks_exact(hd)
+                .map(|kj| {
                     qv.iter().zip(kj).map(|(&a, &b)| a as f64 * b).sum::<f64>() * scale as f64
                 })
                 .collect();
             let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
-            for (d, o) in out[h * hd..(h + 1) * hd].iter_mut().enumerate() {
-                let acc: f64 = slots
-                    .iter()
-                    .zip(&sc)
-                    .map(|(&j, x)| (x - m).exp() / z * v[j as usize * hd + d])
-                    .sum();
-                *o = acc as f32;
+            let p: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+            let z: f64 = p.iter().sum();
+            let mut acc = vec![0.0f64; hd];
+            for (pj, vj) in p.iter().zip(v.chunks_exact(hd)) {
+                for (a, &x) in acc.iter_mut().zip(vj) {
+                    *a += pj / z * x;
+                }
+            }
+            for (o, a) in out[h * hd..(h + 1) * hd].iter_mut().zip(&acc) {
+                *o = *a as f32;
             }
         }
     }
