@@ -37,10 +37,11 @@ pub struct NeedleArgs {
     /// Seed of the magic numbers
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Prefill chunk in tokens. NACL evicts one-shot per chunk, scored by the chunk's
-    /// last tokens: a prompt within one chunk is judged by its own question
-    #[arg(long, default_value_t = 2048)]
-    pub chunk: usize,
+    /// Prefill chunk in tokens (default: the whole prompt). NACL evicts one-shot per
+    /// chunk, scored by the chunk's last tokens: a prompt within one chunk is judged by its
+    /// own question
+    #[arg(long)]
+    pub chunk: Option<usize>,
     /// Print the result as JSON on stdout instead of a table
     #[arg(long)]
     pub json: bool,
@@ -124,7 +125,7 @@ pub fn run_trials(
     lengths: &[usize],
     depths: &[u32],
     seed: u64,
-    chunk: usize,
+    chunk: Option<usize>,
 ) -> Result<NeedleRun, Box<dyn std::error::Error>> {
     if lengths.is_empty() || depths.is_empty() || depths.iter().any(|&d| d > 100) {
         return Err(
@@ -178,7 +179,7 @@ pub fn run_trials(
             let user = format!("{body}\n\n{QUESTION}");
             let mut session = model.session(&SessionConfig {
                 context: length + 64,
-                chunk,
+                chunk: chunk.unwrap_or(length + 64),
                 kv: kv.clone(),
             })?;
             let mut reply = String::new();

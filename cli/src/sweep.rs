@@ -64,10 +64,10 @@ pub struct SweepArgs {
     /// Ppl: tokens of the stream
     #[arg(long, default_value_t = 1024)]
     pub stream: usize,
-    /// Prefill chunk in tokens (needle: the whole prompt by default, so that NACL sees
-    /// the question; ppl: the stream's chunk)
-    #[arg(long, default_value_t = 2048)]
-    pub chunk: usize,
+    /// Prefill chunk in tokens (needle: default the whole prompt, so that NACL evicts
+    /// once, by the question; ppl: the stream's chunk, default 256)
+    #[arg(long)]
+    pub chunk: Option<usize>,
     /// Output prefix: writes PREFIX.md, PREFIX.json and PREFIX.svg
     #[arg(short, long)]
     pub out: PathBuf,
@@ -223,6 +223,7 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
             let longest = *args.lengths.iter().max().unwrap_or(&0);
             let hay = haystack_tokens(&model, args.haystack.as_ref(), longest)?;
             let depths: Vec<String> = args.depths.iter().map(|d| d.to_string()).collect();
+            let chunk = args.chunk.map_or(String::new(), |c| format!("--chunk {c}"));
             for &length in &args.lengths {
                 for m in methods(
                     &args.methods,
@@ -252,10 +253,9 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
                         plan: run.plan,
                         device: run.device,
                         command: format!(
-                            "kvedge eval needle -m {file} --device {device} --lengths {length} --depths {} --seed {} --chunk {} {} {inherited}",
+                            "kvedge eval needle -m {file} --device {device} --lengths {length} --depths {} --seed {} {chunk} {} {inherited}",
                             depths.join(","),
                             args.seed,
-                            args.chunk,
                             m.flags
                         ),
                         seconds: t0.elapsed().as_secs_f64(),
@@ -292,7 +292,8 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
             )? {
                 eprintln!("== {} over {n} tokens", m.label);
                 let t0 = Instant::now();
-                let (ppl, plan, bytes, dev) = stream_ppl(&model, &tokens[..n], args.chunk, &m.kv)?;
+                let chunk = args.chunk.unwrap_or(256);
+                let (ppl, plan, bytes, dev) = stream_ppl(&model, &tokens[..n], chunk, &m.kv)?;
                 rows.push(Row {
                     method: m.label,
                     line: m.line,
@@ -302,8 +303,8 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
                     plan,
                     device: dev,
                     command: format!(
-                        "kvedge eval ppl -m {file} --device {device} --text {text_name} --stream {n} --ctx {} {} {inherited}",
-                        args.chunk, m.flags
+                        "kvedge eval ppl -m {file} --device {device} --text {text_name} --stream {n} --ctx {chunk} {} {inherited}",
+                        m.flags
                     ),
                     seconds: t0.elapsed().as_secs_f64(),
                 });
