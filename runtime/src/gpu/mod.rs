@@ -1,7 +1,7 @@
 //! The wgpu layer: device creation with the adapter's own limits and optional features
-//! ([`context`]), tensors uploaded as raw quantized blocks and split into binding-sized
-//! chunks ([`buffer`]), and the pipeline cache keyed by shader, variant and constants
-//! ([`pipeline`]).
+//! (`context`), tensors uploaded as raw quantized blocks and split into binding-sized
+//! chunks (`buffer`), and the pipeline cache keyed by shader, variant and constants
+//! (`pipeline`).
 
 mod buffer;
 mod context;
