@@ -228,11 +228,16 @@ impl CpuForward {
                 kv_compact::reference(&self.cfg, 1, sel.keep, &kept, s);
             }
         }
+        self.count_eviction(n);
+        Ok(())
+    }
+
+    /// Count an eviction of every layer from `n` slots in use down to `plan.keep`.
+    fn count_eviction(&mut self, n: usize) {
         let keep = self.plan.keep.min(n);
         self.evicted += (n - keep) as u64;
         self.evictions += 1;
         self.used = keep;
-        Ok(())
     }
 
     pub fn kv_bytes(&self) -> u64 {
@@ -430,10 +435,7 @@ impl CpuForward {
         let xn = rmsnorm::reference(&x, &model.vector("output_norm.weight")?, e, hp.rms_eps);
         let logits = self.proj(model.output_name(), &xn, m)?;
         if oneshot {
-            let keep = self.plan.keep.min(self.used + m);
-            self.evicted += (self.used + m - keep) as u64;
-            self.evictions += 1;
-            self.used = keep;
+            self.count_eviction(self.used + m);
         } else {
             self.used += m;
         }

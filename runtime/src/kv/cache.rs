@@ -112,15 +112,13 @@ struct Eviction {
 }
 
 /// NACL's one-shot staging area: one layer's K, V and proxy scores at `cfg.capacity` =
-/// `slots + oneshot` slots per head, and the selection scratch of that size.
+/// `slots + oneshot` slots per head (the selection scratch is the eviction's, sized for it).
 #[derive(Debug)]
 struct Staging {
     cfg: KvCacheConfig,
     k: wgpu::Buffer,
     v: wgpu::Buffer,
     score: wgpu::Buffer,
-    mark: wgpu::Buffer,
-    kept: wgpu::Buffer,
 }
 
 /// One layer's buffers as a kernel reads them: the cache's own, or the staging area.
@@ -193,6 +191,7 @@ impl KvCache {
                 .collect::<Result<Vec<_>>>()
         };
         let per_head = config.n_kv_heads * config.capacity;
+        let stage_per_head = stage_cfg.n_kv_heads * stage_cfg.capacity;
         let ev = if plan.evicts() {
             let scored = plan.policy.scores();
             Some(Eviction {
@@ -210,21 +209,19 @@ impl KvCache {
                 } else {
                     None
                 },
-                mark: ctx.storage_f32("kv.mark", per_head)?,
-                kept: ctx.storage_f32("kv.kept", per_head)?,
+                // Selection scratch, for the cache or for the larger staging area.
+                mark: ctx.storage_f32("kv.mark", stage_per_head)?,
+                kept: ctx.storage_f32("kv.kept", stage_per_head)?,
             })
         } else {
             None
         };
         let staging = if plan.oneshot > 0 {
-            let per_head = stage_cfg.n_kv_heads * stage_cfg.capacity;
             Some(Staging {
                 cfg: stage_cfg,
                 k: ctx.storage_f32("kv.stage.k", stage_cfg.k_layer_words())?,
                 v: ctx.storage_f32("kv.stage.v", stage_cfg.v_layer_words())?,
-                score: ctx.storage_f32("kv.stage.score", per_head)?,
-                mark: ctx.storage_f32("kv.stage.mark", per_head)?,
-                kept: ctx.storage_f32("kv.stage.kept", per_head)?,
+                score: ctx.storage_f32("kv.stage.score", stage_per_head)?,
             })
         } else {
             None
@@ -325,10 +322,7 @@ impl KvCache {
                 std::mem::swap(s, spare);
             }
         }
-        let keep = self.plan.keep.min(n);
-        self.evicted += (n - keep) as u64;
-        self.evictions += 1;
-        self.used = keep;
+        self.count_eviction(n);
         Ok(())
     }
 
@@ -363,17 +357,16 @@ impl KvCache {
                 self.plan.oneshot
             )));
         }
-        let (cfg, cap) = (self.config, st.cfg.capacity);
-        for (src, dst, row) in [
+        let (cfg, cap, used) = (self.config, st.cfg.capacity, self.used as u64);
+        let pairs = [
             (&self.k[l], &st.k, cfg.k_row_words()),
             (&self.v[l], &st.v, cfg.v_row_words()),
-        ] {
+        ];
+        for (src, dst, row) in pairs.into_iter().filter(|_| used > 0) {
             let row = 4 * row as u64;
             for h in 0..cfg.n_kv_heads as u64 {
                 let (from, to) = (h * cfg.capacity as u64 * row, h * cap as u64 * row);
-                if self.used > 0 {
-                    enc.copy_buffer_to_buffer(src, from, dst, to, self.used as u64 * row);
-                }
+                enc.copy_buffer_to_buffer(src, from, dst, to, used * row);
             }
         }
         Ok(LayerView {
@@ -403,7 +396,7 @@ impl KvCache {
         let sel = self.plan.select(n, l, self.evictions);
         let cap = st.cfg.capacity;
         let nkv = self.config.n_kv_heads;
-        kv_select::record(ctx, enc, nkv, cap, &sel, &st.score, &st.mark, &st.kept)?;
+        kv_select::record(ctx, enc, nkv, cap, &sel, &st.score, &ev.mark, &ev.kept)?;
         let src = kv_compact::LayerBuffers {
             k: &st.k,
             v: &st.v,
@@ -414,17 +407,21 @@ impl KvCache {
             v: &self.v[l],
             score: ev.scores.get(l),
         };
-        kv_compact::record(ctx, enc, &self.config, cap, sel.keep, &st.kept, &src, &dst)
+        kv_compact::record(ctx, enc, &self.config, cap, sel.keep, &ev.kept, &src, &dst)
     }
 
     /// Count a one-shot eviction of a chunk of `m` tokens in every layer.
     pub fn finish_oneshot(&mut self, m: usize) {
-        let n = self.used + m;
+        self.count_eviction(self.used + m);
+        self.position += m;
+    }
+
+    /// Count an eviction of every layer from `n` slots in use down to `plan.keep`.
+    fn count_eviction(&mut self, n: usize) {
         let keep = self.plan.keep.min(n);
         self.evicted += (n - keep) as u64;
         self.evictions += 1;
         self.used = keep;
-        self.position += m;
     }
 
     /// Forget everything (the buffers are kept).
@@ -446,12 +443,10 @@ impl KvCache {
                 + e.spare_s.as_ref().map_or(0, |b| b.size())
                 + e.mark.size()
                 + e.kept.size()
-        }) + self.staging.as_ref().map_or(0, |st| {
-            [&st.k, &st.v, &st.score, &st.mark, &st.kept]
-                .iter()
-                .map(|b| b.size())
-                .sum::<u64>()
-        });
+        }) + self
+            .staging
+            .as_ref()
+            .map_or(0, |st| st.k.size() + st.v.size() + st.score.size());
         KvStats {
             plan: self.plan.describe(),
             slots: self.config.capacity,
