@@ -63,6 +63,7 @@ pub fn run(cmd: &EvalCommand) -> Result<(), Box<dyn std::error::Error>> {
         context,
         chunk: args.window,
         kv,
+        ..Default::default()
     })?;
     if let Some(n) = args.stream {
         if tokens.len() < n {

@@ -181,6 +181,7 @@ pub fn run_trials(
                 context: length + 64,
                 chunk: chunk.unwrap_or(length + 64),
                 kv: kv.clone(),
+                ..Default::default()
             })?;
             let mut reply = String::new();
             let generation = if model.has_chat_template() {

@@ -326,6 +326,7 @@ fn stream_ppl(
         context: tokens.len(),
         chunk,
         kv: kv.clone(),
+        ..Default::default()
     })?;
     let p = stream_perplexity(
         session.forward_mut(),

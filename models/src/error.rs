@@ -27,4 +27,14 @@ pub enum ModelError {
         expected: Vec<u64>,
         got: Vec<u64>,
     },
+
+    #[error(
+        "GPU memory cap: {what} needs {need} bytes, {available} of the {cap}-byte cap are left"
+    )]
+    OutOfMemory {
+        what: String,
+        need: u64,
+        available: u64,
+        cap: u64,
+    },
 }

@@ -7,11 +7,13 @@
 mod error;
 mod hparams;
 pub mod llama;
+mod memory;
 mod model;
 pub mod synth;
 mod tensors;
 
 pub use error::ModelError;
 pub use hparams::{Arch, HParams, RopeScaling, TokenizerInfo};
+pub use memory::{MemoryReport, MemoryReservation};
 pub use model::{Device, LoadOptions, Model, SessionConfig};
 pub use tensors::check_tensors;

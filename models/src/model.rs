@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use kvedge_runtime::chat::ChatTemplate;
 use kvedge_runtime::gpu::{DeviceOptions, GpuContext};
-use kvedge_runtime::kv::{KvOptions, KvStats};
+use kvedge_runtime::kv::{KvBudget, KvOptions, KvPolicy, KvStats};
 use kvedge_runtime::session::{Forward, Session};
 use kvedge_runtime::tokenizer::Tokenizer;
 use kvedge_runtime::Error;
@@ -15,7 +15,8 @@ use kvedge_runtime::Error;
 use crate::llama::cpu::CpuForward;
 use crate::llama::gpu::{GpuForward, GpuWeights};
 use crate::llama::LlamaModel;
-use crate::{HParams, ModelError};
+use crate::memory::MemoryLedger;
+use crate::{HParams, MemoryReport, ModelError};
 
 /// Where the model runs. The CPU is used only when asked for, never as a silent fallback.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,6 +42,9 @@ impl std::str::FromStr for Device {
 pub struct LoadOptions {
     pub device: Device,
     pub gpu: DeviceOptions,
+    /// Most GPU memory (bytes of storage buffers) the weights and all sessions of this
+    /// model may take together; None: no cap. GPU device only. See [`crate::memory`].
+    pub max_gpu_bytes: Option<u64>,
 }
 
 /// Settings of a session.
@@ -52,6 +56,10 @@ pub struct SessionConfig {
     pub chunk: usize,
     /// KV budget and eviction policy.
     pub kv: KvOptions,
+    /// Under a memory cap (`LoadOptions::max_gpu_bytes`), size the KV cache to what the
+    /// cap leaves: with an eviction policy the budget (`kv.budget` must be unset), with
+    /// the full cache the context (at most `context`). The stats show what was chosen.
+    pub fit_memory: bool,
 }
 
 impl Default for SessionConfig {
@@ -60,6 +68,7 @@ impl Default for SessionConfig {
             context: 0,
             chunk: 512,
             kv: KvOptions::default(),
+            fit_memory: false,
         }
     }
 }
@@ -78,6 +87,7 @@ pub struct Model {
     tokenizer: Arc<Tokenizer>,
     template: Option<Arc<ChatTemplate>>,
     backend: Backend,
+    memory: Arc<MemoryLedger>,
 }
 
 impl Forward for GpuForward {
@@ -164,19 +174,43 @@ impl Model {
             });
         }
         let template = ChatTemplate::from_gguf(&llama.file, &tokenizer)?.map(Arc::new);
-        let backend = match opts.device {
+        let (backend, weight_bytes) = match opts.device {
             Device::Gpu => {
+                if let Some(cap) = opts.max_gpu_bytes {
+                    // Fail before uploading when the file's tensors alone pass the cap.
+                    let f = &llama.file;
+                    let need: u64 = f.tensors().iter().map(|t| t.n_bytes).sum();
+                    if need > cap {
+                        return Err(out_of_memory("the weights", need, cap, cap));
+                    }
+                }
                 let ctx = Arc::new(GpuContext::new(&opts.gpu)?);
+                let before = ctx.storage_bytes_created();
                 let weights = Arc::new(GpuWeights::upload_with_progress(&ctx, &llama, progress)?);
-                Backend::Gpu { ctx, weights }
+                let bytes = ctx.storage_bytes_created() - before;
+                if let Some(cap) = opts.max_gpu_bytes.filter(|&c| bytes > c) {
+                    return Err(out_of_memory("the weights", bytes, cap, cap));
+                }
+                (Backend::Gpu { ctx, weights }, bytes)
             }
-            Device::Cpu => Backend::Cpu,
+            Device::Cpu => {
+                if opts.max_gpu_bytes.is_some() {
+                    return Err(ModelError::Runtime(Error::InvalidArgument(
+                        "a GPU memory cap applies to the gpu device, not the cpu device".into(),
+                    )));
+                }
+                (Backend::Cpu, 0)
+            }
         };
+        if let Some(cap) = opts.max_gpu_bytes {
+            log::info!("GPU memory cap {cap} bytes: weights take {weight_bytes}");
+        }
         Ok(Self {
             llama,
             tokenizer,
             template,
             backend,
+            memory: Arc::new(MemoryLedger::new(opts.max_gpu_bytes, weight_bytes)),
         })
     }
 
@@ -192,6 +226,16 @@ impl Model {
         self.template.is_some()
     }
 
+    /// The chat template read from the file, if it has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.template.as_deref()
+    }
+
+    /// GPU memory of the weights and the live sessions, against the cap.
+    pub fn memory(&self) -> MemoryReport {
+        self.memory.report()
+    }
+
     /// A new session with its own KV cache.
     pub fn session(&self, cfg: &SessionConfig) -> Result<Session, ModelError> {
         let context = if cfg.context == 0 {
@@ -205,15 +249,52 @@ impl Model {
                 self.llama.hp.n_ctx_train
             );
         }
+        if cfg.fit_memory && self.memory.cap.is_none() {
+            return Err(ModelError::Runtime(Error::InvalidArgument(
+                "fit_memory sizes the KV cache to a memory cap: load the model with one".into(),
+            )));
+        }
         let fwd: Box<dyn Forward> = match &self.backend {
-            Backend::Gpu { ctx, weights } => Box::new(GpuForward::new(
-                ctx.clone(),
-                self.llama.clone(),
-                weights.clone(),
-                context,
-                cfg.chunk,
-                &cfg.kv,
-            )?),
+            Backend::Gpu { ctx, weights } => {
+                let build =
+                    |context: usize, kv: &KvOptions| -> Result<(GpuForward, u64), ModelError> {
+                        let before = ctx.storage_bytes_created();
+                        let f = GpuForward::new(
+                            ctx.clone(),
+                            self.llama.clone(),
+                            weights.clone(),
+                            context,
+                            cfg.chunk,
+                            kv,
+                        )?;
+                        Ok((f, ctx.storage_bytes_created() - before))
+                    };
+                match self.memory.cap {
+                    None => Box::new(build(context, &cfg.kv)?.0),
+                    Some(cap) => {
+                        // One session measured at a time, so the counter's growth is its own.
+                        let _one = self
+                            .memory
+                            .building
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        let available = self.memory.report().available().unwrap_or(0);
+                        let (mut f, bytes) = if cfg.fit_memory {
+                            fit_to_memory(&build, context, &cfg.kv, available, cap)?
+                        } else {
+                            build(context, &cfg.kv)?
+                        };
+                        if bytes > available {
+                            return Err(out_of_memory("the session", bytes, available, cap));
+                        }
+                        log::info!(
+                            "session takes {bytes} of the {available} GPU bytes left under the cap"
+                        );
+                        f.hold_memory(self.memory.reserve(bytes));
+                        Box::new(f)
+                    }
+                }
+            }
             Backend::Cpu => Box::new(CpuForward::new(
                 self.llama.clone(),
                 context,
@@ -227,4 +308,78 @@ impl Model {
             self.template.clone(),
         ))
     }
+}
+
+fn out_of_memory(what: &str, need: u64, available: u64, cap: u64) -> ModelError {
+    ModelError::OutOfMemory {
+        what: what.into(),
+        need,
+        available,
+        cap,
+    }
+}
+
+/// A session built at a context and KV configuration, with the GPU bytes it created.
+type Measured = Result<(GpuForward, u64), ModelError>;
+
+/// The smallest KV size `fit_to_memory` tries: enough for any policy's sinks and recent
+/// tokens.
+const FIT_PROBE_SLOTS: usize = 128;
+
+/// Build the largest session that fits `available` bytes: two probe sessions (KV sizes
+/// `FIT_PROBE_SLOTS` and twice that) give the fixed bytes and the bytes per slot, the
+/// session is built at the size they predict and shrunk while the measurement disagrees.
+/// The full cache is sized by its context (at most `context`), the others by their
+/// budget in slots.
+fn fit_to_memory(
+    build: &dyn Fn(usize, &KvOptions) -> Measured,
+    context: usize,
+    kv: &KvOptions,
+    available: u64,
+    cap: u64,
+) -> Measured {
+    if kv.budget.is_some() {
+        return Err(ModelError::Runtime(Error::InvalidArgument(
+            "fit_memory chooses the KV budget itself: leave the budget unset".into(),
+        )));
+    }
+    let at = |slots: usize| -> Measured {
+        if kv.policy == KvPolicy::Full {
+            build(slots, kv)
+        } else {
+            let kv = KvOptions {
+                budget: Some(KvBudget::Tokens(slots)),
+                ..kv.clone()
+            };
+            build(context, &kv)
+        }
+    };
+    let s0 = FIT_PROBE_SLOTS.min(context);
+    let b0 = at(s0)?.1;
+    if b0 > available {
+        return Err(out_of_memory(
+            &format!("the smallest session ({s0} KV slots)"),
+            b0,
+            available,
+            cap,
+        ));
+    }
+    let s1 = (2 * s0).min(context);
+    if s1 == s0 {
+        return at(s0);
+    }
+    let b1 = at(s1)?.1;
+    let per_slot = (b1.saturating_sub(b0) / (s1 - s0) as u64).max(1);
+    let mut slots = (s0 as u64 + (available - b0) / per_slot).min(context as u64) as usize;
+    for _ in 0..4 {
+        let (f, bytes) = at(slots)?;
+        if bytes <= available {
+            log::info!("fit_memory: {slots} KV slots per layer and head ({bytes} bytes)");
+            return Ok((f, bytes));
+        }
+        drop(f);
+        let over = (bytes - available).div_ceil(per_slot) as usize;
+        slots = slots.saturating_sub(over + 1).max(s0);
+    }
+    at(s0)
 }

@@ -277,6 +277,11 @@ impl<'s> Generation<'s> {
         &self.text
     }
 
+    /// The session's counters now, mid-generation (for a progress display).
+    pub fn stats(&self) -> Stats {
+        self.session.stats()
+    }
+
     fn end(&mut self, why: FinishReason) {
         self.done = true;
         self.session.stats.last_finish = Some(why);

@@ -18,7 +18,7 @@ use kvedge_runtime::kv::{KvCache, KvOptions, KvPlan, KvPolicy, TidalRole};
 use kvedge_runtime::{wgpu, Error};
 
 use super::LlamaModel;
-use crate::ModelError;
+use crate::{MemoryReservation, ModelError};
 
 struct GpuLayer {
     attn_norm: wgpu::Buffer,         // [n_embd]
@@ -173,9 +173,16 @@ pub struct GpuForward {
     tidal: Option<TidalBuffers>,
     /// [rows][n_vocab] logits of every token, allocated on first use by `forward_all`.
     logits_all: Option<(wgpu::Buffer, usize)>,
+    /// This session's share of the model's GPU memory cap, released on drop.
+    _memory: Option<MemoryReservation>,
 }
 
 impl GpuForward {
+    /// Hold `r` (the bytes this session takes of a memory cap) as long as the session.
+    pub fn hold_memory(&mut self, r: MemoryReservation) {
+        self._memory = Some(r);
+    }
+
     /// A session of up to `context` positions (unbounded when `kv` evicts), running
     /// prefill in chunks of at most `chunk` tokens.
     pub fn new(
@@ -238,6 +245,7 @@ impl GpuForward {
             s,
             tidal,
             logits_all: None,
+            _memory: None,
         })
     }
 
