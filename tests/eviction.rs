@@ -406,6 +406,7 @@ fn generation_under_a_policy_never_fills_and_repeats_with_its_seed() {
                     seed,
                     ..opts(policy, 48)
                 },
+                ..SessionConfig::default()
             })
             .unwrap();
         let mut text = String::new();
@@ -472,6 +473,7 @@ fn full_cache_still_bounds_the_context() {
             budget: Some(KvBudget::Tokens(8)),
             ..opts(KvPolicy::Window, 8)
         },
+        ..SessionConfig::default()
     });
     assert!(bad.is_err(), "a budget below sinks + 32 is refused");
     let _ = std::fs::remove_file(path);
