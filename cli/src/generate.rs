@@ -25,8 +25,26 @@ pub struct ModelArgs {
     /// session runs past it, evicting
     #[arg(short = 'c', long, default_value_t = 0)]
     pub ctx_size: usize,
+    /// Cap on the GPU memory of the weights and the session together (e.g. 2GiB, 900MB);
+    /// loading or a session over it fails with what was needed
+    #[arg(long, value_parser = parse_bytes)]
+    pub gpu_mem: Option<u64>,
+    /// Under --gpu-mem, size the KV cache to what the cap leaves (the budget with a KV
+    /// policy, the context with the full cache)
+    #[arg(long)]
+    pub kv_fit: bool,
     #[command(flatten)]
     pub kv: KvArgs,
+}
+
+/// A size in bytes with its unit: `2GiB`, `900MB`, `65536B`.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    match s.parse::<KvBudget>()? {
+        KvBudget::Bytes(b) => Ok(b),
+        KvBudget::Tokens(_) => Err(format!(
+            "'{s}': expected a size with a unit (B, KB, MB, GB, KiB, MiB, GiB)"
+        )),
+    }
 }
 
 /// auto | on | off.
@@ -196,6 +214,7 @@ pub fn load_model(args: &ModelArgs) -> Result<(PathBuf, Model), Box<dyn std::err
     let path = resolve_model(args)?;
     let opts = LoadOptions {
         device: args.device.clone(),
+        max_gpu_bytes: args.gpu_mem,
         ..Default::default()
     };
     let model = Model::load(&path, &opts, &mut |_, _| {})?;
@@ -221,6 +240,7 @@ fn load(args: &ModelArgs, quiet: bool) -> Result<(Model, Session), Box<dyn std::
     };
     let opts = LoadOptions {
         device: args.device.clone(),
+        max_gpu_bytes: args.gpu_mem,
         ..Default::default()
     };
     let model = Model::load(&path, &opts, &mut |done, total| {
@@ -231,8 +251,20 @@ fn load(args: &ModelArgs, quiet: bool) -> Result<(Model, Session), Box<dyn std::
     let session = model.session(&SessionConfig {
         context: args.ctx_size,
         kv: args.kv.options(),
+        fit_memory: args.kv_fit,
         ..Default::default()
     })?;
+    let mem = model.memory();
+    if let Some(cap) = mem.cap {
+        let kv = session.stats().kv;
+        eprintln!(
+            "GPU memory cap {:.1} MiB: weights {:.1} MiB, session {:.1} MiB ({} KV slots per layer and head)",
+            mib(cap),
+            mib(mem.weights),
+            mib(mem.sessions),
+            kv.slots
+        );
+    }
     Ok((model, session))
 }
 

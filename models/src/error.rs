@@ -28,9 +28,7 @@ pub enum ModelError {
         got: Vec<u64>,
     },
 
-    #[error(
-        "GPU memory cap: {what} needs {need} bytes, {available} of the {cap}-byte cap are left"
-    )]
+    #[error("GPU memory cap: {what}: {need} bytes needed, {available} of the {cap}-byte cap left")]
     OutOfMemory {
         what: String,
         need: u64,

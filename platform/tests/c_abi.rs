@@ -165,3 +165,102 @@ fn c_chat_example_answers_with_smollm2() {
         assert!(out.contains("Paris"), "{out}");
     }
 }
+
+/// The JDK's include folder (JAVA_HOME, else the first JDK under /usr/lib/jvm).
+fn jni_include() -> Option<PathBuf> {
+    let mut homes: Vec<PathBuf> = std::env::var_os("JAVA_HOME")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    if let Ok(dir) = std::fs::read_dir("/usr/lib/jvm") {
+        let mut found: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        found.sort();
+        homes.extend(found);
+    }
+    homes
+        .into_iter()
+        .map(|h| h.join("include"))
+        .find(|i| i.join("jni.h").exists())
+}
+
+fn tool(include: &Path, name: &str) -> Option<PathBuf> {
+    let bin = include.parent()?.join("bin").join(name);
+    bin.exists().then_some(bin)
+}
+
+/// The Android JNI glue (`platform/android/jni/kvedge_jni.c`) built for this machine
+/// against kvedge.h and a JDK's jni.h, then run on a desktop JVM through
+/// `tests/java/dev/kvedge/JniSmoke.java` (the same JNI symbols as the Kotlin wrapper).
+/// Without a JDK it skips, saying so, unless KVEDGE_REQUIRE_JNI=1 (set by CI).
+#[test]
+fn jni_glue_compiles_and_runs_on_a_jvm() {
+    let Some(include) = jni_include() else {
+        assert!(
+            std::env::var("KVEDGE_REQUIRE_JNI").map_or(true, |v| v != "1"),
+            "KVEDGE_REQUIRE_JNI=1 but no JDK with include/jni.h (JAVA_HOME or /usr/lib/jvm)"
+        );
+        eprintln!("skipping: no JDK with include/jni.h (JAVA_HOME or /usr/lib/jvm)");
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let libs = lib_dir();
+    let glue_dir = scratch("jni");
+    std::fs::create_dir_all(&glue_dir).unwrap();
+    let o = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args([
+            "-std=c11", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-I",
+        ])
+        .arg(root.join("include"))
+        .arg("-I")
+        .arg(&include)
+        .arg("-I")
+        .arg(include.join("linux"))
+        .arg(root.join("android/jni/kvedge_jni.c"))
+        .arg(format!("-L{}", libs.display()))
+        .arg("-lkvedge_ffi")
+        .arg(format!("-Wl,-rpath,{}", libs.display()))
+        .arg("-o")
+        .arg(glue_dir.join("libkvedge_jni.so"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "compiling kvedge_jni.c: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (Some(javac), Some(java)) = (tool(&include, "javac"), tool(&include, "java")) else {
+        panic!("{} has jni.h but no javac/java", include.display());
+    };
+    let classes = glue_dir.join("classes");
+    let java_dir = root.join("tests/java/dev/kvedge");
+    let sources: Vec<PathBuf> = ["Native", "KvedgeException", "PieceCallback", "JniSmoke"]
+        .iter()
+        .map(|n| java_dir.join(format!("{n}.java")))
+        .collect();
+    let o = Command::new(javac)
+        .arg("-d")
+        .arg(&classes)
+        .args(&sources)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "javac: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let model = scratch("jni-synthetic.gguf");
+    synthesize(&SynthSpec::default())
+        .unwrap()
+        .write_file(&model)
+        .unwrap();
+    let out = run(
+        Command::new(java)
+            .arg(format!("-Djava.library.path={}", glue_dir.display()))
+            .arg("-cp")
+            .arg(&classes)
+            .arg("dev.kvedge.JniSmoke")
+            .arg(&model),
+        "",
+    );
+    assert!(out.contains("JNI glue ok"), "{out}");
+}

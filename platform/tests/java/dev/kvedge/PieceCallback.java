@@ -1,0 +1,5 @@
+package dev.kvedge;
+
+public interface PieceCallback {
+    boolean onPiece(byte[] piece);
+}
