@@ -218,3 +218,51 @@ pub fn owned_c_string(s: &str) -> *mut c_char {
     let cut = s.split('\0').next().unwrap_or("");
     CString::new(cut).unwrap_or_default().into_raw()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_error() -> String {
+        unsafe { CStr::from_ptr(last_error_ptr()) }
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_and_a_message() {
+        let code = guard(|| panic!("boom {}", 7));
+        assert_eq!(code, Status::Panic as i32);
+        assert!(last_error().contains("boom 7"), "{}", last_error());
+        // The next successful call clears the message.
+        assert_eq!(guard(|| Ok(())), 0);
+        assert_eq!(last_error(), "");
+    }
+
+    #[test]
+    fn errors_keep_their_status_and_message_per_thread() {
+        let code = guard(|| Err(FfiError::invalid("kv_policy 9: expected ...")));
+        assert_eq!(code, Status::InvalidArgument as i32);
+        std::thread::spawn(|| assert_eq!(last_error(), ""))
+            .join()
+            .unwrap();
+        assert_eq!(last_error(), "kv_policy 9: expected ...");
+        let nul = guard(|| Err(FfiError::invalid("cut\0here")));
+        assert_eq!(nul, Status::InvalidArgument as i32);
+        assert_eq!(last_error(), "cut");
+    }
+
+    #[test]
+    fn string_arguments_are_checked() {
+        let e = unsafe { str_arg(std::ptr::null(), "prompt") }.unwrap_err();
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (Status::NullPointer, "prompt is NULL")
+        );
+        let bad = b"ab\xffcd\0";
+        let e = unsafe { str_arg(bad.as_ptr().cast(), "text") }.unwrap_err();
+        assert_eq!(e.status, Status::InvalidUtf8);
+        assert!(e.message.contains("byte 2 of 5"), "{}", e.message);
+    }
+}

@@ -2,14 +2,17 @@
 //! weights are read from the mapped file and each row dequantized when used; activations
 //! are f32, dot products accumulate in f32 over 16 lanes (as llama.cpp's CPU backend
 //! does); the KV cache holds the same encoded rows as the GPU's (f16, q8 or q4 words).
-//! Projections are split over threads by weight rows (std::thread::scope).
-//! Eviction follows the GPU cache's rules (`kv::KvPlan`) with the kernels' CPU references
-//! for scoring, selection and compaction, so both devices drop the same tokens.
+//! Projections are split over threads by weight rows (std::thread::scope); attention and
+//! the slot scores of H2O/NACL are computed together in f32 over threads
+//! (`cpu_attention`, held to the f64 references by its tests), so long contexts run in
+//! minutes rather than hours. Eviction follows the GPU cache's rules (`kv::KvPlan`) with
+//! the kernels' CPU references for selection and compaction, so both devices drop the
+//! same tokens.
 
 use std::sync::Arc;
 
+use super::cpu_attention::{self, ScoreSink};
 use kvedge_runtime::gguf::TensorInfo;
-use kvedge_runtime::kernels::attn_score::{self, ScoreRange};
 use kvedge_runtime::kernels::{
     add, attention, embed, hadamard, kv_compact, kv_select, kv_store, rmsnorm, rope, silu_mul,
 };
@@ -313,6 +316,7 @@ impl CpuForward {
             KvPolicy::Nacl => Some((m - KvPlan::proxy_queries(m), false)),
             _ => None,
         };
+        let threads = self.threads;
         for l in 0..hp.n_layers {
             let b = |n: &str| format!("blk.{l}.{n}");
             let xn = rmsnorm::reference(&x, &model.vector(&b("attn_norm.weight"))?, e, hp.rms_eps);
@@ -353,6 +357,15 @@ impl CpuForward {
             // TidalDecode, as the GPU pass does it (see kv::config).
             let tidal = self.plan.tidal.filter(|t| m == 1 && self.used + 1 > t.k);
             let role = tidal.map_or(TidalRole::Dense, |t| t.role(l));
+            let scale = model.attn_scale();
+            // TidalDecode's selection layer ranks slots by this token's attention alone.
+            let mut tidal_score = match (role, tidal) {
+                (TidalRole::DenseAndSelect, Some(_)) => {
+                    Some(vec![0.0f32; cfg.n_kv_heads * cfg.capacity])
+                }
+                _ => None,
+            };
+            let mut layer_scores = layer_scores;
             let att = if let (TidalRole::Sparse, Some(t)) = (role, tidal) {
                 attention::reference_sparse(
                     &cfg,
@@ -362,48 +375,48 @@ impl CpuForward {
                     vc,
                     &self.tidal_sel,
                     t.k,
-                    model.attn_scale(),
+                    scale,
                 )?
             } else {
-                attention::reference(
-                    &cfg,
-                    hp.n_heads,
-                    &q,
-                    kc,
-                    vc,
-                    m,
-                    self.used,
-                    model.attn_scale(),
+                let sink = match (
+                    tidal_score.as_mut(),
+                    score_range,
+                    layer_scores.as_deref_mut(),
+                ) {
+                    (Some(score), _, _) => Some(ScoreSink {
+                        score,
+                        q0: 0,
+                        accumulate: false,
+                    }),
+                    (None, Some((q0, accumulate)), Some(score)) => Some(ScoreSink {
+                        score,
+                        q0,
+                        accumulate,
+                    }),
+                    _ => None,
+                };
+                cpu_attention::attend(
+                    &cfg, hp.n_heads, &q, kc, vc, m, self.used, scale, sink, threads,
                 )?
             };
-            if let (TidalRole::DenseAndSelect, Some(t)) = (role, tidal) {
-                let r = ScoreRange {
-                    n_heads: hp.n_heads,
-                    n_tokens: 1,
-                    n_past: self.used,
-                    q0: 0,
-                    accumulate: false,
-                };
-                let mut score = vec![0.0f32; cfg.n_kv_heads * cfg.capacity];
-                attn_score::reference(&cfg, &r, &q, kc, &mut score, model.attn_scale())?;
+            if let (Some(score), Some(t)) = (&tidal_score, tidal) {
+                // A decode step: the running scores (q0 0, accumulating) gain the same
+                // attention; the new token's slot starts from it.
+                if let (Some(_), Some(scores)) = (score_range, layer_scores) {
+                    for kvh in 0..cfg.n_kv_heads {
+                        for j in 0..=self.used {
+                            let at = kvh * cfg.capacity + j;
+                            let old = if j < self.used { scores[at] } else { 0.0 };
+                            scores[at] = old + score[at];
+                        }
+                    }
+                }
                 self.tidal_sel = kv_select::reference(
                     cfg.n_kv_heads,
                     cfg.capacity,
                     &t.select(self.used + 1),
-                    &score,
+                    score,
                 )?;
-            }
-            if let (Some((q0, accumulate)), Some(scores), true) =
-                (score_range, layer_scores, role != TidalRole::Sparse)
-            {
-                let r = ScoreRange {
-                    n_heads: hp.n_heads,
-                    n_tokens: m,
-                    n_past: self.used,
-                    q0,
-                    accumulate,
-                };
-                attn_score::reference(&cfg, &r, &q, kc, scores, model.attn_scale())?;
             }
             if oneshot {
                 let (sc, nkv) = (stage_cfg, self.cfg.n_kv_heads);

@@ -12,6 +12,7 @@
 //! then logits = (rmsnorm(x)·w_out_norm)·Wout (Wout = token embedding when tied).
 
 pub mod cpu;
+mod cpu_attention;
 pub mod gpu;
 
 use std::path::Path;

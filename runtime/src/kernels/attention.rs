@@ -38,7 +38,9 @@ pub struct Selection<'a> {
     pub n_sel: usize,
 }
 
-fn validate(cfg: &KvCacheConfig, n_heads: usize, n_tokens: usize, n_past: usize) -> Result<()> {
+/// Check the shapes an attention call over `cfg` takes (head dim storable, heads a multiple
+/// of the KV heads, positions within the capacity).
+pub fn validate(cfg: &KvCacheConfig, n_heads: usize, n_tokens: usize, n_past: usize) -> Result<()> {
     if cfg.head_dim > MAX_HEAD_DIM
         || !cfg.k_type.supports(cfg.head_dim)
         || !cfg.v_type.supports(cfg.head_dim)

@@ -1,0 +1,283 @@
+//! The CPU device's attention: the math of `kernels::attention::reference` (softmax of the
+//! scaled q·k over slots `0..=n_past + t`, times V) and, in the same pass, the attention
+//! each slot receives (`kernels::attn_score::reference`, for H2O's and NACL's scores), in
+//! f32 with the vectorizing `dot`, split over threads. The references stay in f64 and
+//! single-threaded as the yardstick; this is what makes the CPU device usable at long
+//! contexts (streaming perplexity over 8k tokens), and the tests below hold it to them.
+//!
+//! Work items are (token, query head) pairs dealt round-robin to the threads, so the
+//! causal mask's growing rows spread evenly; each thread writes its rows to a local buffer
+//! (and its slot sums to a local [kv_head][slot] array), merged after.
+
+use kvedge_runtime::kernels::attention;
+use kvedge_runtime::kv::{decode_row, KvCacheConfig};
+use kvedge_runtime::{Error, Result};
+
+use super::cpu::dot;
+
+/// Where the slot sums go: as `attn_score::reference` with a `ScoreRange` of this chunk.
+pub struct ScoreSink<'a> {
+    /// [n_kv_heads][capacity].
+    pub score: &'a mut [f32],
+    /// First query of the chunk that contributes.
+    pub q0: usize,
+    /// Add to the scores of slots below `n_past` instead of overwriting them.
+    pub accumulate: bool,
+}
+
+/// Rows `0..n` of every KV head, decoded to f32: [kv_head][n][head_dim].
+fn decode_heads(
+    cfg: &KvCacheConfig,
+    cache: &[u32],
+    ty: kvedge_runtime::kv::KvType,
+    n: usize,
+) -> Vec<f32> {
+    let (hd, row) = (cfg.head_dim, ty.row_words(cfg.head_dim));
+    let mut out = vec![0.0f32; cfg.n_kv_heads * n * hd];
+    for kvh in 0..cfg.n_kv_heads {
+        for j in 0..n {
+            let at = (kvh * cfg.capacity + j) * row;
+            let dst = &mut out[(kvh * n + j) * hd..][..hd];
+            decode_row(ty, &cache[at..at + row], dst);
+        }
+    }
+    out
+}
+
+/// Attention of `q` ([n_tokens][n_heads][head_dim]) over the cache, and the slot sums
+/// into `sink` when given. `threads` workers (at least one).
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    cfg: &KvCacheConfig,
+    n_heads: usize,
+    q: &[f32],
+    kc: &[u32],
+    vc: &[u32],
+    n_tokens: usize,
+    n_past: usize,
+    scale: f32,
+    mut sink: Option<ScoreSink<'_>>,
+    threads: usize,
+) -> Result<Vec<f32>> {
+    attention::validate(cfg, n_heads, n_tokens, n_past)?;
+    let hd = cfg.head_dim;
+    if q.len() != n_tokens * n_heads * hd {
+        return Err(Error::ShapeMismatch {
+            what: "CPU attention queries".into(),
+            expected: n_tokens * n_heads * hd,
+            got: q.len(),
+        });
+    }
+    let (group, total, nkv) = (n_heads / cfg.n_kv_heads, n_past + n_tokens, cfg.n_kv_heads);
+    let keys = decode_heads(cfg, kc, cfg.k_type, total);
+    let values = decode_heads(cfg, vc, cfg.v_type, total);
+    let q0 = sink.as_ref().map(|s| s.q0);
+    let items = n_tokens * n_heads;
+    let threads = threads.clamp(1, items.max(1));
+    // Each worker: its rows (in item order) and its slot sums.
+    let work = |w: usize| -> (Vec<f32>, Vec<f32>) {
+        let mut rows = Vec::with_capacity(items.div_ceil(threads) * hd);
+        let mut sums = vec![0.0f32; if q0.is_some() { nkv * total } else { 0 }];
+        let mut p = vec![0.0f32; total];
+        for item in (w..items).step_by(threads) {
+            let (t, h) = (item / n_heads, item % n_heads);
+            let kvh = h / group;
+            let seen = n_past + t + 1;
+            let qv = &q[item * hd..(item + 1) * hd];
+            let k = &keys[kvh * total * hd..];
+            let v = &values[kvh * total * hd..];
+            let mut m = f32::NEG_INFINITY;
+            for (j, pj) in p[..seen].iter_mut().enumerate() {
+                *pj = dot(qv, &k[j * hd..(j + 1) * hd]) * scale;
+                m = m.max(*pj);
+            }
+            let mut z = 0.0f32;
+            for pj in &mut p[..seen] {
+                *pj = (*pj - m).exp();
+                z += *pj;
+            }
+            let inv = 1.0 / z;
+            let start = rows.len();
+            rows.resize(start + hd, 0.0);
+            let o = &mut rows[start..];
+            for (j, &pj) in p[..seen].iter().enumerate() {
+                let w = pj * inv;
+                for (a, &x) in o.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
+                    *a += w * x;
+                }
+            }
+            if q0.is_some_and(|q0| t >= q0) {
+                let s = &mut sums[kvh * total..(kvh + 1) * total];
+                for (sj, &pj) in s.iter_mut().zip(&p[..seen]) {
+                    *sj += pj * inv;
+                }
+            }
+        }
+        (rows, sums)
+    };
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = if threads == 1 {
+        vec![work(0)]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads).map(|w| s.spawn(move || work(w))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| Error::InvalidArgument("CPU attention worker panicked".into()))
+                })
+                .collect::<Result<Vec<_>>>()
+        })?
+    };
+    let mut out = vec![0.0f32; items * hd];
+    for (w, (rows, _)) in parts.iter().enumerate() {
+        for (i, row) in rows.chunks_exact(hd).enumerate() {
+            let item = w + i * threads;
+            out[item * hd..(item + 1) * hd].copy_from_slice(row);
+        }
+    }
+    if let Some(sink) = sink.as_mut() {
+        for kvh in 0..nkv {
+            for j in 0..total {
+                let add: f32 = parts.iter().map(|(_, s)| s[kvh * total + j]).sum();
+                let at = kvh * cfg.capacity + j;
+                let old = if sink.accumulate && j < n_past {
+                    sink.score[at]
+                } else {
+                    0.0
+                };
+                sink.score[at] = old + add;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvedge_runtime::kernels::attn_score::{self, ScoreRange};
+    use kvedge_runtime::kernels::check::test_seed;
+    use kvedge_runtime::kv::{encode_row, KvType};
+    use kvedge_runtime::rng::SplitMix64;
+
+    fn cache(cfg: &KvCacheConfig, ty: KvType, rng: &mut SplitMix64) -> Vec<u32> {
+        let row = ty.row_words(cfg.head_dim);
+        let mut c = vec![0u32; cfg.n_kv_heads * cfg.capacity * row];
+        let mut x = vec![0.0f32; cfg.head_dim];
+        for r in c.chunks_exact_mut(row) {
+            x.iter_mut().for_each(|v| *v = rng.uniform(-1.0, 1.0));
+            encode_row(ty, &x, r);
+        }
+        c
+    }
+
+    /// Odd shapes, every storage type, prefill chunks and single-token decode, 1 to 3
+    /// threads, against the f64 references: outputs and accumulated slot sums.
+    #[test]
+    fn matches_the_references() {
+        let mut rng = SplitMix64::new(test_seed(0xA77E));
+        let shapes = [
+            // (n_kv_heads, group, head_dim, n_tokens, n_past, q0)
+            (1, 1, 32, 1, 0, 0),
+            (2, 3, 64, 7, 13, 2),
+            (3, 2, 32, 1, 90, 0),
+            (2, 4, 128, 19, 5, 18),
+        ];
+        for (i, &(nkv, group, hd, n_tokens, n_past, q0)) in shapes.iter().enumerate() {
+            for (kt, vt) in [(KvType::F16, KvType::F16), (KvType::Q8, KvType::Q4)] {
+                let cfg = KvCacheConfig {
+                    n_layers: 1,
+                    n_kv_heads: nkv,
+                    head_dim: hd,
+                    capacity: n_past + n_tokens + 3,
+                    k_type: kt,
+                    v_type: vt,
+                };
+                let n_heads = nkv * group;
+                let (kc, vc) = (cache(&cfg, kt, &mut rng), cache(&cfg, vt, &mut rng));
+                let q = rng.vec_f32(n_tokens * n_heads * hd, -2.0, 2.0);
+                let scale = 1.0 / (hd as f32).sqrt();
+                let want =
+                    attention::reference(&cfg, n_heads, &q, &kc, &vc, n_tokens, n_past, scale)
+                        .unwrap();
+                let old = rng.vec_f32(nkv * cfg.capacity, 0.0, 1.0);
+                let mut want_score = old.clone();
+                let r = ScoreRange {
+                    n_heads,
+                    n_tokens,
+                    n_past,
+                    q0,
+                    accumulate: true,
+                };
+                attn_score::reference(&cfg, &r, &q, &kc, &mut want_score, scale).unwrap();
+                for threads in 1..=3 {
+                    let mut score = old.clone();
+                    let sink = ScoreSink {
+                        score: &mut score,
+                        q0,
+                        accumulate: true,
+                    };
+                    let got = attend(
+                        &cfg,
+                        n_heads,
+                        &q,
+                        &kc,
+                        &vc,
+                        n_tokens,
+                        n_past,
+                        scale,
+                        Some(sink),
+                        threads,
+                    )
+                    .unwrap();
+                    let err = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0f32, f32::max);
+                    assert!(
+                        err < 1e-5,
+                        "shape {i} {kt:?}/{vt:?} threads {threads}: output error {err}"
+                    );
+                    let serr = score
+                        .iter()
+                        .zip(&want_score)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0f32, f32::max);
+                    assert!(
+                        serr < 1e-4,
+                        "shape {i} threads {threads}: score error {serr}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let cfg = KvCacheConfig {
+            n_layers: 1,
+            n_kv_heads: 2,
+            head_dim: 32,
+            capacity: 8,
+            k_type: KvType::F16,
+            v_type: KvType::F16,
+        };
+        let row = KvType::F16.row_words(32);
+        let c = vec![0u32; 2 * 8 * row];
+        let q = vec![0.0f32; 4 * 32];
+        assert!(
+            attend(&cfg, 4, &q, &c, &c, 1, 8, 1.0, None, 2).is_err(),
+            "past the capacity"
+        );
+        assert!(
+            attend(&cfg, 3, &q, &c, &c, 1, 0, 1.0, None, 2).is_err(),
+            "heads not a multiple"
+        );
+        assert!(
+            attend(&cfg, 4, &q[..64], &c, &c, 1, 0, 1.0, None, 2).is_err(),
+            "short queries"
+        );
+    }
+}
