@@ -25,7 +25,7 @@ pub enum EvalCommand {
 pub struct PplArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// UTF-8 text file
+    /// UTF-8 text file, or a folder of .txt files joined in name order
     #[arg(long)]
     pub text: PathBuf,
     /// Window length in tokens
@@ -47,9 +47,7 @@ pub fn run(cmd: &EvalCommand) -> Result<(), Box<dyn std::error::Error>> {
         EvalCommand::Needle(args) => return crate::needle::run(args),
         EvalCommand::Sweep(args) => return crate::sweep::run(args),
     };
-    let bytes = std::fs::read(&args.text).map_err(|e| format!("{}: {e}", args.text.display()))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| format!("{}: not UTF-8 text ({e})", args.text.display()))?;
+    let text = crate::needle::read_text(&args.text)?;
     let (_, model) = load_model(&args.model)?;
     let tok = model.tokenizer().clone();
     let tokens = tok.encode(&text, true, false)?;

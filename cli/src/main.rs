@@ -14,6 +14,7 @@ mod eval;
 mod generate;
 mod inspect;
 mod needle;
+mod roofline;
 mod sweep;
 mod synth;
 

@@ -56,6 +56,16 @@ pub struct Trial {
 }
 
 /// The essays, in file-name order, joined by blank lines.
+/// A text to evaluate on: a UTF-8 file, or a folder whose `.txt` files are joined in name
+/// order (the fetched essays: `--text models/cache/PaulGrahamEssays`).
+pub fn read_text(path: &PathBuf) -> Result<String, String> {
+    if path.is_dir() {
+        return read_haystack(path);
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| format!("{}: not UTF-8 text ({e})", path.display()))
+}
+
 fn read_haystack(dir: &PathBuf) -> Result<String, String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| {

@@ -58,7 +58,7 @@ pub struct SweepArgs {
     /// Needle: seed of the magic numbers
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Ppl: UTF-8 text file
+    /// Ppl: UTF-8 text file, or a folder of .txt files joined in name order
     #[arg(long)]
     pub text: Option<PathBuf>,
     /// Ppl: tokens of the stream
@@ -265,10 +265,7 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         SweepTask::Ppl => {
             let text_path = args.text.as_ref().ok_or("--task ppl needs --text FILE")?;
-            let bytes =
-                std::fs::read(text_path).map_err(|e| format!("{}: {e}", text_path.display()))?;
-            let text = String::from_utf8(bytes)
-                .map_err(|e| format!("{}: not UTF-8 text ({e})", text_path.display()))?;
+            let text = crate::needle::read_text(text_path)?;
             let tokens = model.tokenizer().encode(&text, true, false)?;
             let n = args.stream;
             if tokens.len() < n || n < 2 {

@@ -7,31 +7,43 @@ use std::path::PathBuf;
 
 use clap::Args;
 use kvedge_models::synth::{synthesize, SynthSpec};
-use kvedge_models::Arch;
+use kvedge_models::{Arch, HParams};
+use kvedge_runtime::gguf::GgufFile;
 use kvedge_runtime::quant::GgmlType;
 
 #[derive(Args)]
 pub struct SynthArgs {
-    /// llama or qwen2
-    #[arg(long, default_value = "llama")]
-    arch: String,
-    #[arg(long, default_value_t = 2)]
-    layers: usize,
-    #[arg(long, default_value_t = 256)]
-    dim: usize,
-    #[arg(long, default_value_t = 4)]
-    heads: usize,
-    #[arg(long, default_value_t = 2)]
-    kv_heads: usize,
-    #[arg(long, default_value_t = 512)]
-    ffn: usize,
-    #[arg(long, default_value_t = 512)]
-    vocab: usize,
-    #[arg(long, default_value_t = 2048)]
-    context: usize,
-    /// Type of the weight matrices (Q4_K, Q8_0, F16, ...)
-    #[arg(long = "type", default_value = "Q8_0")]
-    ty: String,
+    /// Take every shape (and the main weight type, and whether the output matrix is
+    /// tied) from this GGUF; the flags below override single values
+    #[arg(long)]
+    like: Option<PathBuf>,
+    /// llama or qwen2 [default: llama]
+    #[arg(long)]
+    arch: Option<String>,
+    /// [default: 2]
+    #[arg(long)]
+    layers: Option<usize>,
+    /// [default: 256]
+    #[arg(long)]
+    dim: Option<usize>,
+    /// [default: 4]
+    #[arg(long)]
+    heads: Option<usize>,
+    /// [default: 2]
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    /// [default: 512]
+    #[arg(long)]
+    ffn: Option<usize>,
+    /// [default: 512]
+    #[arg(long)]
+    vocab: Option<usize>,
+    /// [default: 2048]
+    #[arg(long)]
+    context: Option<usize>,
+    /// Type of the weight matrices (Q4_K, Q8_0, F16, ...) [default: Q8_0]
+    #[arg(long = "type")]
+    ty: Option<String>,
     /// bpe (byte-level, gpt2) or spm (SentencePiece, llama)
     #[arg(long, default_value = "bpe")]
     tokenizer: String,
@@ -45,21 +57,66 @@ pub struct SynthArgs {
     output: PathBuf,
 }
 
+/// The shape of an existing model, its main matrix type and output tying.
+fn like(path: &PathBuf) -> Result<SynthSpec, Box<dyn std::error::Error>> {
+    let file = GgufFile::open(path)?;
+    let hp = HParams::from_gguf(&file)?;
+    let mut by_type: Vec<(GgmlType, u64)> = Vec::new();
+    for t in file.tensors().iter().filter(|t| t.dims.len() == 2) {
+        match by_type.iter_mut().find(|(ty, _)| *ty == t.ty) {
+            Some((_, b)) => *b += t.n_bytes,
+            None => by_type.push((t.ty, t.n_bytes)),
+        }
+    }
+    let ty = by_type
+        .into_iter()
+        .filter(|(t, _)| t.can_dequantize())
+        .max_by_key(|&(_, b)| b)
+        .map_or(GgmlType::Q8_0, |(t, _)| t);
+    Ok(SynthSpec {
+        arch: hp.arch,
+        layers: hp.n_layers,
+        dim: hp.n_embd,
+        heads: hp.n_heads,
+        kv_heads: hp.n_kv_heads,
+        ffn: hp.n_ff,
+        vocab: hp.n_vocab,
+        context: hp.n_ctx_train,
+        ty,
+        tied_output: !file.tensors().iter().any(|t| t.name == "output.weight"),
+        spm: false,
+        seed: 1,
+    })
+}
+
 pub fn run(a: &SynthArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let arch = match a.arch.as_str() {
-        "llama" => Arch::Llama,
-        "qwen2" => Arch::Qwen2,
-        other => return Err(format!("unknown --arch '{other}': expected llama or qwen2").into()),
+    let base = match &a.like {
+        Some(p) => like(p)?,
+        None => SynthSpec {
+            vocab: 512,
+            context: 2048,
+            ..SynthSpec::default()
+        },
     };
-    let ty = GgmlType::from_name(&a.ty)
-        .filter(|t| t.can_dequantize())
-        .ok_or_else(|| {
-            format!(
-                "unknown or unsupported --type '{}': expected one of {}",
-                a.ty,
-                GgmlType::compute_type_names()
-            )
-        })?;
+    let arch = match a.arch.as_deref() {
+        None => base.arch,
+        Some("llama") => Arch::Llama,
+        Some("qwen2") => Arch::Qwen2,
+        Some(other) => {
+            return Err(format!("unknown --arch '{other}': expected llama or qwen2").into())
+        }
+    };
+    let ty = match &a.ty {
+        None => base.ty,
+        Some(name) => GgmlType::from_name(name)
+            .filter(|t| t.can_dequantize())
+            .ok_or_else(|| {
+                format!(
+                    "unknown or unsupported --type '{name}': expected one of {}",
+                    GgmlType::compute_type_names()
+                )
+            })?,
+    };
     let spm = match a.tokenizer.as_str() {
         "bpe" => false,
         "spm" => true,
@@ -67,15 +124,15 @@ pub fn run(a: &SynthArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let spec = SynthSpec {
         arch,
-        layers: a.layers,
-        dim: a.dim,
-        heads: a.heads,
-        kv_heads: a.kv_heads,
-        ffn: a.ffn,
-        vocab: a.vocab,
-        context: a.context,
+        layers: a.layers.unwrap_or(base.layers),
+        dim: a.dim.unwrap_or(base.dim),
+        heads: a.heads.unwrap_or(base.heads),
+        kv_heads: a.kv_heads.unwrap_or(base.kv_heads),
+        ffn: a.ffn.unwrap_or(base.ffn),
+        vocab: a.vocab.unwrap_or(base.vocab),
+        context: a.context.unwrap_or(base.context),
         ty,
-        tied_output: !a.untied,
+        tied_output: if a.untied { false } else { base.tied_output },
         spm,
         seed: a.seed,
     };

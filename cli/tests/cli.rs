@@ -247,9 +247,27 @@ fn synth_writes_a_model_that_inspect_marks_synthetic_and_run_accepts() {
         "3",
     ]);
     assert!(ok, "{err}");
+    // --like copies the shapes, the main type and the untied output: inspect says the same.
+    let like = format!("{o}.like.gguf");
+    let (ok, _, err) = kvedge(&["synth", "--like", o, "--tokenizer", "spm", "-o", &like]);
+    assert!(ok, "{err}");
+    let (_, a, _) = kvedge(&["inspect", o]);
+    let (_, b, _) = kvedge(&["inspect", &like]);
+    let shape = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| !l.contains(".gguf") && !l.to_lowercase().contains("file"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(shape(&a), shape(&b), "--like differs from its source");
+    let (ok, _, err) = kvedge(&["synth", "--like", o, "--layers", "1", "-o", &like]);
+    assert!(ok, "{err}");
+    let (_, c, _) = kvedge(&["inspect", &like]);
+    assert_ne!(shape(&a), shape(&c), "--layers overrides --like");
     let (ok, _, err) = kvedge(&["synth", "--type", "IQ2_XXS", "-o", o]);
     assert!(!ok && err.contains("unsupported --type"), "{err}");
     let _ = std::fs::remove_file(out);
+    let _ = std::fs::remove_file(like);
 }
 
 #[test]
@@ -429,9 +447,24 @@ fn bench_measures_a_model_and_marks_synthetic_ones() {
     }
     let (ok, stdout, err) = kvedge(&args);
     assert!(
-        ok && stdout.contains("(SYNTHETIC)") && stdout.contains("| pp40 |"),
+        ok && stdout.contains("(SYNTHETIC weights)") && stdout.contains("| pp40 |"),
         "{stdout}{err}"
     );
+    // Depths and the roofline: a row per depth, the limits and the fractions.
+    let (ok, stdout, err) = kvedge(&[&args[..], &["-d", "0,24", "--roofline", "--json"]].concat());
+    assert!(ok, "{err}");
+    for key in [
+        "\"depth\":24",
+        "\"bandwidth_gb_s\":",
+        "\"matmul_gflop_s\":",
+        "\"tg_of_bandwidth_limit\":",
+        "\"pp_of_matmul_limit\":",
+        "\"peak_rss_bytes\":",
+    ] {
+        assert!(stdout.contains(key), "{key} missing: {stdout}");
+    }
+    let (ok, stdout, err) = kvedge(&[&args[..], &["-d", "24"]].concat());
+    assert!(ok && stdout.contains("| tg4 @ d24 |"), "{stdout}{err}");
     let (ok, _, err) = kvedge(&["bench", "-m", m, "--device", "cpu", "-n", "0"]);
     assert!(!ok && err.contains("must be positive"), "{err}");
     let _ = std::fs::remove_file(model);

@@ -231,6 +231,15 @@ impl Model {
         self.template.as_deref()
     }
 
+    /// The GPU context the model's weights live on (None on the CPU device), for
+    /// benchmarks that measure the device itself or count its allocations.
+    pub fn gpu_context(&self) -> Option<&Arc<GpuContext>> {
+        match &self.backend {
+            Backend::Gpu { ctx, .. } => Some(ctx),
+            Backend::Cpu => None,
+        }
+    }
+
     /// GPU memory of the weights and the live sessions, against the cap.
     pub fn memory(&self) -> MemoryReport {
         self.memory.report()

@@ -13,6 +13,7 @@ pub mod add;
 pub mod attention;
 pub mod attn_score;
 pub mod check;
+pub mod copy;
 pub mod embed;
 pub mod hadamard;
 pub mod kv_compact;
