@@ -1,41 +1,67 @@
-//! `kvedge bench --kernels`: memory bandwidth reached by the dequantizing matvec kernel
-//! (the decode hot path) for every quant type, on the adapter at hand. Without
-//! `--kernels`, `kvedge bench` measures a whole model (`bench_model`).
+//! `kvedge bench --kernels`: the rate each hot kernel reaches on the adapter at hand, the
+//! equivalent of a criterion benchmark per kernel (the shaders need the GPU device, so
+//! this is a CLI command rather than a `cargo bench` harness). Without `--kernels`,
+//! `kvedge bench` measures a whole model (`bench_model`).
 //!
-//! For each type a weight matrix of about `--mib` MiB with `--cols` columns is filled with
-//! seeded random blocks and uploaded; after a warm-up, each repetition records `--iters`
-//! matvecs in one command buffer, submits it and waits for the device before the clock is
-//! read. GB/s counts the weight bytes read (the x and y vectors are negligible); the table
-//! reports the median and the min..max spread over the repetitions.
+//! - `matvec` (decode projections): for each quant type a weight matrix of about `--mib`
+//!   MiB with `--cols` columns; GB/s of weight bytes read (x and y are negligible).
+//! - `matmul` (prefill projections): `--tokens` rows of activations times a matrix of
+//!   `--cols` columns and `--mm-rows` rows per quant type; GFLOP/s (2 per multiply-add).
+//! - `attention` (decode): one query per head (32 heads, 8 KV heads of 128) over
+//!   `--slots` cached positions, per KV storage type; GB/s of K and V bytes read.
+//! - `copy`: a `--mib` MiB buffer copied; GB/s of bytes read + written (the bandwidth
+//!   `bench --roofline` measures).
+//!
+//! After a warm-up, each repetition records `--iters` dispatches in one command buffer
+//! (one for matmul), submits it and waits for the device before the clock is read; the
+//! table reports the median and the min..max spread over the repetitions.
 
 use std::time::Instant;
 
 use clap::Args;
 use kvedge_runtime::gpu::{DeviceOptions, GpuContext, GpuMatrix};
-use kvedge_runtime::kernels::matvec;
+use kvedge_runtime::kernels::{attention, copy, matmul, matvec};
+use kvedge_runtime::kv::{encode_row, KvCacheConfig, KvType};
 use kvedge_runtime::quant::{random_blocks, GgmlType};
 use kvedge_runtime::rng::SplitMix64;
+use kvedge_runtime::wgpu;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Benchmark the matvec kernels per quant type instead of a model.
+    /// Benchmark the kernels instead of a model.
     #[arg(long)]
     kernels: bool,
     #[command(flatten)]
     model: crate::bench_model::ModelBenchArgs,
-    /// Approximate weight-matrix size per type, in MiB.
+    /// Kernels to measure (comma-separated): matvec, matmul, attention, copy
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "matvec,matmul,attention,copy"
+    )]
+    kernel: Vec<String>,
+    /// Approximate weight-matrix size per type (matvec) and buffer size (copy), in MiB.
     #[arg(long, default_value_t = 64)]
     mib: usize,
     /// Columns of the weight matrix (a multiple of 256).
     #[arg(long, default_value_t = 4096)]
     cols: usize,
-    /// Matvecs per timed submission.
+    /// Matmul: rows of the weight matrix.
+    #[arg(long, default_value_t = 1024)]
+    mm_rows: usize,
+    /// Matmul: tokens (rows of activations).
+    #[arg(long, default_value_t = 128)]
+    tokens: usize,
+    /// Attention: cached positions per KV head.
+    #[arg(long, default_value_t = 4096)]
+    slots: usize,
+    /// Dispatches per timed submission (matvec, attention, copy).
     #[arg(long, default_value_t = 10)]
     iters: usize,
     /// Timed repetitions.
     #[arg(short = 'r', long, default_value_t = 5)]
     reps: usize,
-    /// Comma-separated types (default: all compute types).
+    /// Comma-separated weight types for matvec and matmul (default: all compute types).
     #[arg(long, value_delimiter = ',')]
     types: Vec<String>,
     /// Print JSON instead of a markdown table.
@@ -44,17 +70,215 @@ pub struct BenchArgs {
 }
 
 struct Row {
-    ty: GgmlType,
-    rows: usize,
-    cols: usize,
-    bytes: u64,
+    kernel: &'static str,
+    config: String,
+    /// "GB/s" or "GFLOP/s".
+    unit: &'static str,
     median_us: f64,
-    gbs_median: f64,
-    gbs_min: f64,
-    gbs_max: f64,
+    rate_median: f64,
+    rate_min: f64,
+    rate_max: f64,
 }
 
-pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Time `per_submit` recordings of `op` per submission over `reps` repetitions after a
+/// warm-up; `work` units (bytes or FLOPs) per op; the row with rates in units of 1e9/s.
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    ctx: &GpuContext,
+    kernel: &'static str,
+    config: String,
+    unit: &'static str,
+    work: f64,
+    per_submit: usize,
+    reps: usize,
+    op: &dyn Fn(&mut wgpu::CommandEncoder) -> Res<()>,
+) -> Res<Row> {
+    let submit = |n: usize| -> Res<f64> {
+        let mut enc = ctx.encoder("bench");
+        for _ in 0..n {
+            op(&mut enc)?;
+        }
+        ctx.wait()?;
+        let t = Instant::now();
+        ctx.submit_wait(enc)?;
+        Ok(t.elapsed().as_secs_f64() / n as f64)
+    };
+    submit(per_submit.min(2))?; // warm-up: pipeline compile, first touches
+    let mut times: Vec<f64> = (0..reps).map(|_| submit(per_submit)).collect::<Res<_>>()?;
+    times.sort_by(f64::total_cmp);
+    let rate = |t: f64| work / t / 1e9;
+    let median = times[times.len() / 2];
+    Ok(Row {
+        kernel,
+        config,
+        unit,
+        median_us: median * 1e6,
+        rate_median: rate(median),
+        rate_min: rate(times[times.len() - 1]),
+        rate_max: rate(times[0]),
+    })
+}
+
+fn weight_types(names: &[String]) -> Res<Vec<GgmlType>> {
+    if names.is_empty() {
+        return Ok(GgmlType::compute_types().to_vec());
+    }
+    Ok(names
+        .iter()
+        .map(|n| {
+            GgmlType::from_name(n)
+                .filter(|t| t.can_dequantize())
+                .ok_or_else(|| format!("unknown or unsupported type '{n}'"))
+        })
+        .collect::<Result<_, _>>()?)
+}
+
+fn bench_matvec(ctx: &GpuContext, a: &BenchArgs, types: &[GgmlType]) -> Res<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &ty in types {
+        let row_bytes = ty.bytes_for(a.cols as u64).unwrap_or(1) as usize;
+        let nrows = ((a.mib << 20) / row_bytes).max(1);
+        let mut rng = SplitMix64::new(ty.id() as u64);
+        let w = random_blocks(ty, a.cols * nrows, &mut rng)?;
+        let gw = GpuMatrix::upload(ctx, "bench.w", ty, a.cols, nrows, &w)?;
+        drop(w);
+        let x = ctx.upload("bench.x", &rng.vec_f32(a.cols, -1.0, 1.0))?;
+        let y = ctx.storage_f32("bench.y", nrows)?;
+        let op =
+            |e: &mut wgpu::CommandEncoder| -> Res<()> { Ok(matvec::record(ctx, e, &gw, &x, &y)?) };
+        let config = format!(
+            "{ty} {nrows}x{} ({:.1} MiB)",
+            a.cols,
+            gw.bytes() as f64 / (1 << 20) as f64
+        );
+        rows.push(measure(
+            ctx,
+            "matvec",
+            config,
+            "GB/s",
+            gw.bytes() as f64,
+            a.iters,
+            a.reps,
+            &op,
+        )?);
+    }
+    Ok(rows)
+}
+
+fn bench_matmul(ctx: &GpuContext, a: &BenchArgs, types: &[GgmlType]) -> Res<Vec<Row>> {
+    let mut rows = Vec::new();
+    let (m, k, n) = (a.tokens, a.cols, a.mm_rows);
+    for &ty in types {
+        let mut rng = SplitMix64::new(ty.id() as u64 + 100);
+        let w = random_blocks(ty, k * n, &mut rng)?;
+        let gw = GpuMatrix::upload(ctx, "bench.w", ty, k, n, &w)?;
+        let x = ctx.upload("bench.x", &rng.vec_f32(m * k, -1.0, 1.0))?;
+        let y = ctx.storage_f32("bench.y", m * n)?;
+        let op = |e: &mut wgpu::CommandEncoder| -> Res<()> {
+            Ok(matmul::record(ctx, e, &gw, &x, m, &y)?)
+        };
+        let flops = 2.0 * (m * k * n) as f64;
+        rows.push(measure(
+            ctx,
+            "matmul",
+            format!("{ty} {m}x{k} · {n}x{k}ᵀ"),
+            "GFLOP/s",
+            flops,
+            1,
+            a.reps,
+            &op,
+        )?);
+    }
+    Ok(rows)
+}
+
+fn bench_attention(ctx: &GpuContext, a: &BenchArgs) -> Res<Vec<Row>> {
+    let (n_heads, n_kv, hd) = (32usize, 8usize, 128usize);
+    let mut rows = Vec::new();
+    for ty in [KvType::F16, KvType::Q8, KvType::Q4] {
+        let cfg = KvCacheConfig {
+            n_layers: 1,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            capacity: a.slots,
+            k_type: ty,
+            v_type: ty,
+        };
+        let mut rng = SplitMix64::new(ty.shader_id() as u64 + 7);
+        let row = ty.row_words(hd);
+        let mut words = vec![0u32; n_kv * a.slots * row];
+        let mut x = vec![0.0f32; hd];
+        for r in words.chunks_exact_mut(row) {
+            x.iter_mut().for_each(|v| *v = rng.uniform(-1.0, 1.0));
+            encode_row(ty, &x, r);
+        }
+        let kc = ctx.upload("bench.k", &words)?;
+        let vc = ctx.upload("bench.v", &words)?;
+        drop(words);
+        let q = ctx.upload("bench.q", &rng.vec_f32(n_heads * hd, -1.0, 1.0))?;
+        let out = ctx.storage_f32("bench.out", n_heads * hd)?;
+        let lse = ctx.storage_f32("bench.lse", n_heads)?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let op = |e: &mut wgpu::CommandEncoder| -> Res<()> {
+            Ok(attention::record(
+                ctx,
+                e,
+                &cfg,
+                n_heads,
+                &q,
+                &kc,
+                &vc,
+                &out,
+                &lse,
+                1,
+                a.slots - 1,
+                scale,
+                None,
+            )?)
+        };
+        let bytes = (4 * n_kv * a.slots * (cfg.k_row_words() + cfg.v_row_words())) as f64;
+        let config = format!(
+            "decode, {} KV, {} slots x {n_kv} KV heads of {hd}, {n_heads} heads",
+            ty.name(),
+            a.slots
+        );
+        rows.push(measure(
+            ctx,
+            "attention",
+            config,
+            "GB/s",
+            bytes,
+            a.iters,
+            a.reps,
+            &op,
+        )?);
+    }
+    Ok(rows)
+}
+
+fn bench_copy(ctx: &GpuContext, a: &BenchArgs) -> Res<Vec<Row>> {
+    let bytes = ((a.mib as u64) << 20).min(ctx.max_binding()) & !15;
+    let words = (bytes / 16) as usize;
+    let src = ctx.storage_f32("bench.src", words * 4)?;
+    let dst = ctx.storage_f32("bench.dst", words * 4)?;
+    let op =
+        |e: &mut wgpu::CommandEncoder| -> Res<()> { Ok(copy::record(ctx, e, &src, &dst, words)?) };
+    let config = format!("{:.0} MiB, read + write", bytes as f64 / (1 << 20) as f64);
+    Ok(vec![measure(
+        ctx,
+        "copy",
+        config,
+        "GB/s",
+        2.0 * bytes as f64,
+        a.iters,
+        a.reps,
+        &op,
+    )?])
+}
+
+pub fn run(args: &BenchArgs) -> Res<()> {
     if !args.kernels {
         return crate::bench_model::run(&args.model, args.reps, args.json);
     }
@@ -65,70 +289,36 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    if args.iters == 0 || args.reps == 0 || args.mib == 0 {
-        return Err("--iters, --reps and --mib must be positive".into());
+    if args.iters == 0
+        || args.reps == 0
+        || args.mib == 0
+        || args.tokens == 0
+        || args.mm_rows == 0
+        || args.slots < 2
+    {
+        return Err("--iters, --reps, --mib, --tokens and --mm-rows must be positive and --slots at least 2".into());
     }
-    let types: Vec<GgmlType> = if args.types.is_empty() {
-        GgmlType::compute_types().to_vec()
-    } else {
-        args.types
-            .iter()
-            .map(|n| {
-                GgmlType::from_name(n)
-                    .filter(|t| t.can_dequantize())
-                    .ok_or_else(|| format!("unknown or unsupported type '{n}'"))
-            })
-            .collect::<Result<_, _>>()?
-    };
+    for k in &args.kernel {
+        if !["matvec", "matmul", "attention", "copy"].contains(&k.as_str()) {
+            return Err(format!(
+                "unknown kernel '{k}': expected matvec, matmul, attention or copy"
+            )
+            .into());
+        }
+    }
+    let types = weight_types(&args.types)?;
     let ctx = GpuContext::new(&DeviceOptions::default())?;
     eprintln!(
-        "adapter: {} ({:?}, {:?}); {} MiB per matrix, {} cols, {} matvecs x {} reps",
-        ctx.info.name,
-        ctx.info.backend,
-        ctx.info.device_type,
-        args.mib,
-        args.cols,
-        args.iters,
-        args.reps
+        "adapter: {} ({:?}, {:?}); {} reps after a warm-up",
+        ctx.info.name, ctx.info.backend, ctx.info.device_type, args.reps
     );
     let mut rows = Vec::new();
-    for ty in types {
-        let row_bytes = ty.bytes_for(args.cols as u64).unwrap_or(1) as usize;
-        let nrows = ((args.mib << 20) / row_bytes).max(1);
-        let mut rng = SplitMix64::new(ty.id() as u64);
-        let w = random_blocks(ty, args.cols * nrows, &mut rng)?;
-        let gw = GpuMatrix::upload(&ctx, "bench.w", ty, args.cols, nrows, &w)?;
-        drop(w);
-        let x = ctx.upload("bench.x", &rng.vec_f32(args.cols, -1.0, 1.0))?;
-        let y = ctx.storage_f32("bench.y", nrows)?;
-        let submit = |n: usize| -> Result<f64, Box<dyn std::error::Error>> {
-            let mut enc = ctx.encoder("bench");
-            for _ in 0..n {
-                matvec::record(&ctx, &mut enc, &gw, &x, &y)?;
-            }
-            ctx.wait()?;
-            let t = Instant::now();
-            ctx.submit_wait(enc)?;
-            Ok(t.elapsed().as_secs_f64())
-        };
-        submit(2)?; // warm-up: pipeline compile, first touches
-        let mut times: Vec<f64> = (0..args.reps)
-            .map(|_| submit(args.iters))
-            .collect::<Result<_, _>>()?;
-        times.sort_by(f64::total_cmp);
-        let per = |t: f64| t / args.iters as f64;
-        let bytes = gw.bytes();
-        let gbs = |t: f64| bytes as f64 / per(t) / 1e9;
-        let median = times[times.len() / 2];
-        rows.push(Row {
-            ty,
-            rows: nrows,
-            cols: args.cols,
-            bytes,
-            median_us: per(median) * 1e6,
-            gbs_median: gbs(median),
-            gbs_min: gbs(times[times.len() - 1]),
-            gbs_max: gbs(times[0]),
+    for k in &args.kernel {
+        rows.extend(match k.as_str() {
+            "matvec" => bench_matvec(&ctx, args, &types)?,
+            "matmul" => bench_matmul(&ctx, args, &types)?,
+            "attention" => bench_attention(&ctx, args)?,
+            _ => bench_copy(&ctx, args)?,
         });
     }
     if args.json {
@@ -136,32 +326,25 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"type\":\"{}\",\"rows\":{},\"cols\":{},\"bytes\":{},\"median_us\":{:.1},\"gb_s\":{:.3},\"gb_s_min\":{:.3},\"gb_s_max\":{:.3}}}",
-                    r.ty, r.rows, r.cols, r.bytes, r.median_us, r.gbs_median, r.gbs_min, r.gbs_max
+                    "{{\"kernel\":\"{}\",\"config\":{:?},\"unit\":\"{}\",\"median_us\":{:.1},\"rate\":{:.3},\"rate_min\":{:.3},\"rate_max\":{:.3}}}",
+                    r.kernel, r.config, r.unit, r.median_us, r.rate_median, r.rate_min, r.rate_max
                 )
             })
             .collect();
         println!(
-            "{{\"adapter\":\"{}\",\"backend\":\"{:?}\",\"kernel\":\"matvec\",\"results\":[{}]}}",
-            ctx.info.name.replace('"', "'"),
+            "{{\"adapter\":{:?},\"backend\":\"{:?}\",\"results\":[{}]}}",
+            ctx.info.name,
             ctx.info.backend,
             items.join(",")
         );
     } else {
-        println!("matvec on {} ({:?})\n", ctx.info.name, ctx.info.backend);
-        println!("| type | shape | weight MiB | median µs | GB/s (median) | GB/s (min..max) |");
-        println!("|------|-------|-----------:|----------:|--------------:|-----------------|");
+        println!("kernels on {} ({:?})\n", ctx.info.name, ctx.info.backend);
+        println!("| kernel | configuration | median µs | rate (median) | min .. max |");
+        println!("|---|---|---:|---:|---|");
         for r in &rows {
             println!(
-                "| {} | {}x{} | {:.1} | {:.0} | {:.2} | {:.2}..{:.2} |",
-                r.ty,
-                r.rows,
-                r.cols,
-                r.bytes as f64 / (1 << 20) as f64,
-                r.median_us,
-                r.gbs_median,
-                r.gbs_min,
-                r.gbs_max
+                "| {} | {} | {:.0} | {:.2} {} | {:.2} .. {:.2} |",
+                r.kernel, r.config, r.median_us, r.rate_median, r.unit, r.rate_min, r.rate_max
             );
         }
     }

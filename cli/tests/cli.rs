@@ -469,3 +469,42 @@ fn bench_measures_a_model_and_marks_synthetic_ones() {
     assert!(!ok && err.contains("must be positive"), "{err}");
     let _ = std::fs::remove_file(model);
 }
+
+/// `bench --kernels`: every hot kernel reports its rate (a GPU is needed: skips without
+/// one unless KVEDGE_REQUIRE_GPU=1).
+#[test]
+fn kernel_benchmarks_report_a_rate_for_every_kernel() {
+    let (ok, stdout, err) = kvedge(&[
+        "bench",
+        "--kernels",
+        "--types",
+        "Q8_0",
+        "--mib",
+        "1",
+        "--tokens",
+        "8",
+        "--mm-rows",
+        "64",
+        "--slots",
+        "64",
+        "--iters",
+        "1",
+        "-r",
+        "1",
+        "--json",
+    ]);
+    if !ok && err.contains("no GPU adapter found") && std::env::var("KVEDGE_REQUIRE_GPU").is_err() {
+        eprintln!("skipping: {err}");
+        return;
+    }
+    assert!(ok, "{err}");
+    for kernel in ["matvec", "matmul", "attention", "copy"] {
+        assert!(
+            stdout.contains(&format!("\"kernel\":\"{kernel}\"")),
+            "{kernel} missing: {stdout}"
+        );
+    }
+    assert_eq!(stdout.matches("\"rate\":").count(), 6, "{stdout}");
+    let (ok, _, err) = kvedge(&["bench", "--kernels", "--kernel", "gemm"]);
+    assert!(!ok && err.contains("unknown kernel 'gemm'"), "{err}");
+}

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# kvedge bench and llama.cpp's llama-bench side by side on one model and device, run
+# alternately, one repetition per call, medians over -r calls each.
+#
+#   bash scripts/bench-vs-llamacpp.sh [-m MODEL.gguf] [--device cpu] [-p 512] [-n 128]
+#        [-d 0,4096] [--kv f16,q8_0] [-r 10] [-o OUT.md] [--build-only]
+#
+# llama.cpp is built once into the git-ignored .llamacpp/ from the source shipped in the
+# pinned PyPI sdist llama-cpp-python==0.3.36 (its vendor/llama.cpp), with CMake and Ninja
+# from PyPI, CPU backend. Rows: pp and tg at each depth, for each KV type (kvedge
+# --kv-type f16|q8 beside llama.cpp -ctk/-ctv f16|q8_0), llama.cpp with flash attention
+# off and on; the ratio is kvedge over the faster llama.cpp. A fixed CPU busy-loop probe
+# is timed before and after the table, so a noisy stretch of the machine shows.
+# Only the CPU device is compared so far: see BENCHMARKS.md for the Vulkan plan.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LCP_VERSION=0.3.36
+LCP_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+LCP_URL=https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-0.3.36.tar.gz
+
+model=models/cache/SmolLM2-135M-Instruct.Q4_1.gguf
+device=cpu prompt=512 gen=128 depths=0,4096 kvs=f16,q8_0 reps=10 out="" build_only=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -m) model=$2; shift 2 ;;
+    --device) device=$2; shift 2 ;;
+    -p) prompt=$2; shift 2 ;;
+    -n) gen=$2; shift 2 ;;
+    -d) depths=$2; shift 2 ;;
+    --kv) kvs=$2; shift 2 ;;
+    -r) reps=$2; shift 2 ;;
+    -o) out=$2; shift 2 ;;
+    --build-only) build_only=1; shift ;;
+    *) echo "unknown argument '$1'" >&2; exit 2 ;;
+  esac
+done
+[ "$device" = cpu ] || { echo "--device $device: only cpu is compared so far" >&2; exit 2; }
+[ -f "$model" ] || { echo "$model not found (bash models/fetch.sh)" >&2; exit 1; }
+
+work=.llamacpp
+bench=$work/build-cpu/bin/llama-bench
+if [ ! -x "$bench" ]; then
+  mkdir -p "$work/dl"
+  tarball=$work/dl/llama_cpp_python-$LCP_VERSION.tar.gz
+  [ -f "$tarball" ] || curl -sSL -o "$tarball" "$LCP_URL"
+  echo "$LCP_SHA256  $tarball" | sha256sum -c --quiet
+  rm -rf "$work/src" && mkdir -p "$work/src"
+  tar -xzf "$tarball" -C "$work/src" --strip-components=1
+  [ -x "$work/venv/bin/cmake" ] || { python3 -m venv "$work/venv" && "$work/venv/bin/pip" install -q cmake==3.31.10 ninja==1.13.0; }
+  echo "building llama.cpp (CPU) from llama-cpp-python $LCP_VERSION: about 17 minutes on 2 cores"
+  PATH=$work/venv/bin:$PATH cmake -S "$work/src/vendor/llama.cpp" -B "$work/build-cpu" -G Ninja \
+    -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF > "$work/cmake-cpu.log"
+  PATH=$work/venv/bin:$PATH cmake --build "$work/build-cpu" --target llama-bench -j "$(nproc)" > "$work/build-cpu.log"
+fi
+[ "$build_only" = 0 ] || { echo "built $bench"; exit 0; }
+cargo build --release --quiet
+kvedge=./target/release/kvedge
+
+probe() { python3 -c 'import time
+t=time.perf_counter(); s=0
+for i in range(5_000_000): s += i
+print(f"{time.perf_counter()-t:.3f}")'; }
+
+raw=$(mktemp -d)
+probe_before=$(probe)
+IFS=, read -ra depth_list <<< "$depths"
+IFS=, read -ra kv_list <<< "$kvs"
+for kv in "${kv_list[@]}"; do
+  case "$kv" in f16) kk=f16 ;; q8_0) kk=q8 ;; *) echo "--kv $kv: f16 or q8_0" >&2; exit 2 ;; esac
+  for d in "${depth_list[@]}"; do
+    for i in $(seq 1 "$reps"); do
+      # Alternate which runtime goes first, so a drift hits both.
+      run_l() { "$bench" -m "$model" -p "$prompt" -n "$gen" -d "$d" -fa 0,1 -ctk "$kv" -ctv "$kv" \
+                  -r 1 -t "$(nproc)" -o jsonl >> "$raw/llama-$kv-$d.jsonl" 2>/dev/null; }
+      run_k() { "$kvedge" bench -m "$model" --device cpu -p "$prompt" -n "$gen" -d "$d" \
+                  --kv-type "$kk" -r 1 --json >> "$raw/kvedge-$kv-$d.jsonl"; }
+      if [ $((i % 2)) -eq 1 ]; then run_l; run_k; else run_k; run_l; fi
+      echo "  $kv depth $d: repetition $i of $reps" >&2
+    done
+  done
+done
+probe_after=$(probe)
+
+table=$(python3 - "$raw" "$prompt" "$gen" "$depths" "$kvs" <<'PY'
+import json, statistics, sys, pathlib
+raw, p, n, depths, kvs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+def lines(path):
+    f = pathlib.Path(raw, path)
+    return [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.exists() else []
+print("| test | KV | llama.cpp fa off | llama.cpp fa on | kvedge | kvedge / best llama.cpp |")
+print("|---|---|---:|---:|---:|---:|")
+for kv in kvs.split(","):
+    for d in map(int, depths.split(",")):
+        ll, kk = lines(f"llama-{kv}-{d}.jsonl"), lines(f"kvedge-{kv}-{d}.jsonl")
+        for test, key in ((f"pp{p}", "pp_tok_s"), (f"tg{n}", "tg_tok_s")):
+            is_pp = test.startswith("pp")
+            def med(fa):
+                v = [r["avg_ts"] for r in ll if bool(r.get("flash_attn")) == fa
+                     and (r["n_prompt"] > 0) == is_pp and (r["n_gen"] > 0) != is_pp]
+                return statistics.median(v) if v else float("nan")
+            kv_ = [row[key] for r in kk for row in r["rows"] if row["depth"] == d]
+            k = statistics.median(kv_) if kv_ else float("nan")
+            off, on = med(False), med(True)
+            best = max(x for x in (off, on) if x == x) if (off == off or on == on) else float("nan")
+            at = f" @ d{d}" if d else ""
+            print(f"| {test}{at} | {kv} | {off:.2f} | {on:.2f} | {k:.2f} | {k/best:.2f} |")
+PY
+)
+commit=$(git rev-parse --short HEAD)
+report=$(cat <<MD
+Model $(basename "$model"), device: CPU ($(nproc) threads, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)),
+$(date -u +%Y-%m-%d). kvedge $commit (release build); llama.cpp from llama-cpp-python $LCP_VERSION
+(vendor/llama.cpp, CPU backend, GGML_NATIVE). Tokens/s, median of $reps alternating calls of one
+repetition each. CPU probe (5M-iteration Python loop, s): $probe_before before, $probe_after after.
+
+$table
+
+Command: \`bash scripts/bench-vs-llamacpp.sh -m $model --device cpu -p $prompt -n $gen -d $depths --kv $kvs -r $reps\`
+MD
+)
+echo "$report"
+[ -z "$out" ] || echo "$report" >> "$out"
+rm -rf "$raw"
