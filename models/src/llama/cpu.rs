@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::cpu_attention::{self, ScoreSink};
 use kvedge_runtime::gguf::TensorInfo;
 use kvedge_runtime::kernels::{
-    add, attention, embed, hadamard, kv_compact, kv_select, kv_store, rmsnorm, rope, silu_mul,
+    add, embed, hadamard, kv_compact, kv_select, kv_store, rmsnorm, rope, silu_mul,
 };
 use kvedge_runtime::kv::{KvCacheConfig, KvOptions, KvPlan, KvPolicy, KvStats, TidalRole};
 use kvedge_runtime::quant::dequantize;
@@ -367,7 +367,7 @@ impl CpuForward {
             };
             let mut layer_scores = layer_scores;
             let att = if let (TidalRole::Sparse, Some(t)) = (role, tidal) {
-                attention::reference_sparse(
+                cpu_attention::attend_sparse(
                     &cfg,
                     hp.n_heads,
                     &q,
@@ -376,6 +376,7 @@ impl CpuForward {
                     &self.tidal_sel,
                     t.k,
                     scale,
+                    threads,
                 )?
             } else {
                 let sink = match (

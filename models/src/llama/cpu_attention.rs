@@ -153,6 +153,53 @@ pub fn attend(
     Ok(out)
 }
 
+/// TidalDecode's sparse step: one query per head over only the slots `sel` lists per KV
+/// head ([n_kv_heads][n_sel]), as `attention::reference_sparse` does: the selected rows
+/// are gathered (still encoded) into a cache of `n_sel` slots, which `attend` reads whole.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_sparse(
+    cfg: &KvCacheConfig,
+    n_heads: usize,
+    q: &[f32],
+    kc: &[u32],
+    vc: &[u32],
+    sel: &[u32],
+    n_sel: usize,
+    scale: f32,
+    threads: usize,
+) -> Result<Vec<f32>> {
+    if n_sel == 0 || sel.len() != cfg.n_kv_heads * n_sel {
+        return Err(Error::InvalidArgument(format!(
+            "sparse attention: {} selected slots for {} KV heads of {n_sel}",
+            sel.len(),
+            cfg.n_kv_heads
+        )));
+    }
+    if let Some(&bad) = sel.iter().find(|&&s| s as usize >= cfg.capacity) {
+        return Err(Error::InvalidArgument(format!(
+            "sparse attention: slot {bad} past the capacity {}",
+            cfg.capacity
+        )));
+    }
+    let sub = KvCacheConfig {
+        capacity: n_sel,
+        ..*cfg
+    };
+    let gather = |cache: &[u32], row: usize| -> Vec<u32> {
+        let mut out = Vec::with_capacity(cfg.n_kv_heads * n_sel * row);
+        for kvh in 0..cfg.n_kv_heads {
+            for &j in &sel[kvh * n_sel..(kvh + 1) * n_sel] {
+                let at = (kvh * cfg.capacity + j as usize) * row;
+                out.extend_from_slice(&cache[at..at + row]);
+            }
+        }
+        out
+    };
+    let k = gather(kc, cfg.k_row_words());
+    let v = gather(vc, cfg.v_row_words());
+    attend(&sub, n_heads, q, &k, &v, 1, n_sel - 1, scale, None, threads)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +299,72 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn sparse_matches_the_reference() {
+        let mut rng = SplitMix64::new(test_seed(0x5BA5));
+        for &(nkv, group, hd, capacity, n_sel) in
+            &[(1, 1, 32, 5, 1), (2, 3, 64, 40, 17), (3, 3, 64, 300, 128)]
+        {
+            let cfg = KvCacheConfig {
+                n_layers: 1,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                capacity,
+                k_type: KvType::Q8,
+                v_type: KvType::F16,
+            };
+            let n_heads = nkv * group;
+            let (kc, vc) = (
+                cache(&cfg, KvType::Q8, &mut rng),
+                cache(&cfg, KvType::F16, &mut rng),
+            );
+            let q = rng.vec_f32(n_heads * hd, -2.0, 2.0);
+            // Distinct slots per head, in no particular order.
+            let mut sel = Vec::new();
+            for _ in 0..nkv {
+                let mut all: Vec<u32> = (0..capacity as u32).collect();
+                for i in (1..all.len()).rev() {
+                    all.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                sel.extend_from_slice(&all[..n_sel]);
+            }
+            let scale = 0.125;
+            let want = attention::reference_sparse(&cfg, n_heads, &q, &kc, &vc, &sel, n_sel, scale)
+                .unwrap();
+            for threads in 1..=3 {
+                let got = attend_sparse(&cfg, n_heads, &q, &kc, &vc, &sel, n_sel, scale, threads)
+                    .unwrap();
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    err < 1e-5,
+                    "{nkv}x{group} heads, {n_sel} of {capacity} slots, {threads} threads: {err}"
+                );
+            }
+        }
+        let cfg = KvCacheConfig {
+            n_layers: 1,
+            n_kv_heads: 1,
+            head_dim: 32,
+            capacity: 4,
+            k_type: KvType::F16,
+            v_type: KvType::F16,
+        };
+        let c = vec![0u32; 4 * KvType::F16.row_words(32)];
+        let q = vec![0.0f32; 32];
+        assert!(
+            attend_sparse(&cfg, 1, &q, &c, &c, &[4], 1, 1.0, 1).is_err(),
+            "slot past the capacity"
+        );
+        assert!(
+            attend_sparse(&cfg, 1, &q, &c, &c, &[], 0, 1.0, 1).is_err(),
+            "empty selection"
+        );
     }
 
     #[test]
