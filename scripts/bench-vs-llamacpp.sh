@@ -63,17 +63,23 @@ t=time.perf_counter(); s=0
 for i in range(5_000_000): s += i
 print(f"{time.perf_counter()-t:.3f}")'; }
 
-raw=$(mktemp -d)
+# Raw results (JSON lines); KVEDGE_BENCH_RAW=DIR keeps them there and resumes: rows that
+# already have their repetitions are not run again.
+raw=${KVEDGE_BENCH_RAW:-$(mktemp -d)}
+mkdir -p "$raw"
 probe_before=$(probe)
 IFS=, read -ra depth_list <<< "$depths"
 IFS=, read -ra kv_list <<< "$kvs"
 for kv in "${kv_list[@]}"; do
   case "$kv" in f16) kk=f16 ;; q8_0) kk=q8 ;; *) echo "--kv $kv: f16 or q8_0" >&2; exit 2 ;; esac
   for d in "${depth_list[@]}"; do
-    for i in $(seq 1 "$reps"); do
+    # llama.cpp needs flash attention for a quantized V cache.
+    fa=0,1; [ "$kv" = f16 ] || fa=1
+    have=0; [ ! -f "$raw/kvedge-$kv-$d.jsonl" ] || have=$(wc -l < "$raw/kvedge-$kv-$d.jsonl")
+    for i in $(seq $((have + 1)) "$reps"); do
       # Alternate which runtime goes first, so a drift hits both.
-      run_l() { "$bench" -m "$model" -p "$prompt" -n "$gen" -d "$d" -fa 0,1 -ctk "$kv" -ctv "$kv" \
-                  -r 1 -t "$(nproc)" -o jsonl >> "$raw/llama-$kv-$d.jsonl" 2>/dev/null; }
+      run_l() { "$bench" -m "$model" -p "$prompt" -n "$gen" -d "$d" -fa "$fa" -ctk "$kv" -ctv "$kv" \
+                  -r 1 -t "$(nproc)" -o jsonl >> "$raw/llama-$kv-$d.jsonl" 2>> "$raw/llama.log"; }
       run_k() { "$kvedge" bench -m "$model" --device cpu -p "$prompt" -n "$gen" -d "$d" \
                   --kv-type "$kk" -r 1 --json >> "$raw/kvedge-$kv-$d.jsonl"; }
       if [ $((i % 2)) -eq 1 ]; then run_l; run_k; else run_k; run_l; fi
@@ -103,9 +109,11 @@ for kv in kvs.split(","):
             kv_ = [row[key] for r in kk for row in r["rows"] if row["depth"] == d]
             k = statistics.median(kv_) if kv_ else float("nan")
             off, on = med(False), med(True)
-            best = max(x for x in (off, on) if x == x) if (off == off or on == on) else float("nan")
+            vals = [x for x in (off, on) if x == x]
+            best = max(vals) if vals else float("nan")
             at = f" @ d{d}" if d else ""
-            print(f"| {test}{at} | {kv} | {off:.2f} | {on:.2f} | {k:.2f} | {k/best:.2f} |")
+            cell = lambda x: "n/a" if x != x else f"{x:.2f}"
+            print(f"| {test}{at} | {kv} | {cell(off)} | {cell(on)} | {cell(k)} | {cell(k / best)} |")
 PY
 )
 commit=$(git rev-parse --short HEAD)
@@ -122,4 +130,4 @@ MD
 )
 echo "$report"
 [ -z "$out" ] || echo "$report" >> "$out"
-rm -rf "$raw"
+[ -n "${KVEDGE_BENCH_RAW:-}" ] || rm -rf "$raw"
