@@ -71,8 +71,9 @@ pub fn token_cost(model: &Model, file: &GgufFile) -> TokenCost {
     }
 }
 
-/// The weight type most of the model's matrix bytes are in.
-fn main_type(file: &GgufFile) -> GgmlType {
+/// The weight type most of a model's matrix bytes are in (among those kvedge computes
+/// with; Q8_0 when none).
+pub fn main_type(file: &GgufFile) -> GgmlType {
     let mut by_type: Vec<(GgmlType, u64)> = Vec::new();
     for t in file.tensors().iter().filter(|t| t.dims.len() == 2) {
         match by_type.iter_mut().find(|(ty, _)| *ty == t.ty) {
@@ -82,6 +83,7 @@ fn main_type(file: &GgufFile) -> GgmlType {
     }
     by_type
         .into_iter()
+        .filter(|(t, _)| t.can_dequantize())
         .max_by_key(|&(_, b)| b)
         .map_or(GgmlType::Q8_0, |(t, _)| t)
 }

@@ -61,18 +61,7 @@ pub struct SynthArgs {
 fn like(path: &PathBuf) -> Result<SynthSpec, Box<dyn std::error::Error>> {
     let file = GgufFile::open(path)?;
     let hp = HParams::from_gguf(&file)?;
-    let mut by_type: Vec<(GgmlType, u64)> = Vec::new();
-    for t in file.tensors().iter().filter(|t| t.dims.len() == 2) {
-        match by_type.iter_mut().find(|(ty, _)| *ty == t.ty) {
-            Some((_, b)) => *b += t.n_bytes,
-            None => by_type.push((t.ty, t.n_bytes)),
-        }
-    }
-    let ty = by_type
-        .into_iter()
-        .filter(|(t, _)| t.can_dequantize())
-        .max_by_key(|&(_, b)| b)
-        .map_or(GgmlType::Q8_0, |(t, _)| t);
+    let ty = crate::roofline::main_type(&file);
     Ok(SynthSpec {
         arch: hp.arch,
         layers: hp.n_layers,
