@@ -10,7 +10,7 @@
 //! (and its slot sums to a local [kv_head][slot] array), merged after.
 
 use kvedge_runtime::kernels::attention;
-use kvedge_runtime::kv::{decode_row, KvCacheConfig};
+use kvedge_runtime::kv::{KvCacheConfig, KvType};
 use kvedge_runtime::{Error, Result};
 
 use super::cpu::dot;
@@ -26,20 +26,15 @@ pub struct ScoreSink<'a> {
 }
 
 /// Rows `0..n` of every KV head, decoded to f32: [kv_head][n][head_dim].
-fn decode_heads(
-    cfg: &KvCacheConfig,
-    cache: &[u32],
-    ty: kvedge_runtime::kv::KvType,
-    n: usize,
-) -> Vec<f32> {
-    let (hd, row) = (cfg.head_dim, ty.row_words(cfg.head_dim));
-    let mut out = vec![0.0f32; cfg.n_kv_heads * n * hd];
-    for kvh in 0..cfg.n_kv_heads {
-        for j in 0..n {
-            let at = (kvh * cfg.capacity + j) * row;
-            let dst = &mut out[(kvh * n + j) * hd..][..hd];
-            decode_row(ty, &cache[at..at + row], dst);
-        }
+fn decode_heads(cfg: &KvCacheConfig, cache: &[u32], ty: KvType, n: usize) -> Vec<f32> {
+    let per_head = n * cfg.head_dim;
+    let mut out = vec![0.0f32; cfg.n_kv_heads * per_head];
+    for (kvh, dst) in out
+        .chunks_exact_mut(per_head.max(1))
+        .enumerate()
+        .take(cfg.n_kv_heads)
+    {
+        attention::decode_head_into(cfg, ty, cache, kvh, n, dst);
     }
     out
 }
@@ -205,7 +200,7 @@ mod tests {
     use super::*;
     use kvedge_runtime::kernels::attn_score::{self, ScoreRange};
     use kvedge_runtime::kernels::check::test_seed;
-    use kvedge_runtime::kv::{encode_row, KvType};
+    use kvedge_runtime::kv::encode_row;
     use kvedge_runtime::rng::SplitMix64;
 
     fn cache(cfg: &KvCacheConfig, ty: KvType, rng: &mut SplitMix64) -> Vec<u32> {

@@ -133,7 +133,23 @@ pub fn record(
 }
 
 /// Decode the first `n` rows of KV head `kvh` of a cache (u32 words, [kv_head][capacity]
-/// [row]) into f64 values, [n][head_dim].
+/// [row]) into `out`, [n][head_dim] f32 values.
+pub fn decode_head_into(
+    cfg: &KvCacheConfig,
+    ty: crate::kv::KvType,
+    cache: &[u32],
+    kvh: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let (hd, row) = (cfg.head_dim, ty.row_words(cfg.head_dim));
+    for (j, dst) in out[..n * hd].chunks_exact_mut(hd).enumerate() {
+        let at = (kvh * cfg.capacity + j) * row;
+        decode_row(ty, &cache[at..at + row], dst);
+    }
+}
+
+/// Decode the first `n` rows of KV head `kvh` of a cache into f64 values, [n][head_dim].
 pub fn decode_head(
     cfg: &KvCacheConfig,
     ty: crate::kv::KvType,
@@ -141,15 +157,9 @@ pub fn decode_head(
     kvh: usize,
     n: usize,
 ) -> Vec<f64> {
-    let (hd, row) = (cfg.head_dim, ty.row_words(cfg.head_dim));
-    let mut out = Vec::with_capacity(n * hd);
-    let mut buf = vec![0.0f32; hd];
-    for j in 0..n {
-        let at = (kvh * cfg.capacity + j) * row;
-        decode_row(ty, &cache[at..at + row], &mut buf);
-        out.extend(buf.iter().map(|&x| x as f64));
-    }
-    out
+    let mut buf = vec![0.0f32; n * cfg.head_dim];
+    decode_head_into(cfg, ty, cache, kvh, n, &mut buf);
+    buf.into_iter().map(f64::from).collect()
 }
 
 /// CPU reference: plain softmax(q·K^T·scale)·V per query and head, in f64, over caches of
