@@ -33,6 +33,10 @@ pub struct ModelArgs {
     /// policy, the context with the full cache)
     #[arg(long)]
     pub kv_fit: bool,
+    /// With a file from `kvedge compress`: on stores Palu latents in the KV cache (cpu
+    /// device), off runs the original K/V projections from the same file
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub kv_lowrank: String,
     #[command(flatten)]
     pub kv: KvArgs,
 }
@@ -215,6 +219,7 @@ pub fn load_model(args: &ModelArgs) -> Result<(PathBuf, Model), Box<dyn std::err
     let opts = LoadOptions {
         device: args.device.clone(),
         max_gpu_bytes: args.gpu_mem,
+        ignore_lowrank: args.kv_lowrank == "off",
         ..Default::default()
     };
     let model = Model::load(&path, &opts, &mut |_, _| {})?;
@@ -241,6 +246,7 @@ fn load(args: &ModelArgs, quiet: bool) -> Result<(Model, Session), Box<dyn std::
     let opts = LoadOptions {
         device: args.device.clone(),
         max_gpu_bytes: args.gpu_mem,
+        ignore_lowrank: args.kv_lowrank == "off",
         ..Default::default()
     };
     let model = Model::load(&path, &opts, &mut |done, total| {

@@ -8,11 +8,13 @@
 //! - `kvedge run -p PROMPT`: stream a completion; `kvedge chat`: multi-turn chat.
 
 mod bench;
+mod compress;
 mod bench_model;
 mod devices;
 mod eval;
 mod generate;
 mod inspect;
+mod lowrank_factor;
 mod needle;
 mod roofline;
 mod sweep;
@@ -57,6 +59,8 @@ enum Command {
     Eval(eval::EvalCommand),
     /// Write a synthetic model (random weights, stub tokenizer) of given shapes.
     Synth(synth::SynthArgs),
+    /// Factor a model's K/V projections into Palu low-rank latents (a new GGUF).
+    Compress(compress::CompressArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Devices => devices::run(),
         Command::Bench(args) => bench::run(&args),
         Command::Run(args) => generate::run(&args),
+        Command::Compress(args) => compress::run(&args),
         Command::Chat(args) => generate::chat(&args),
         Command::Eval(cmd) => eval::run(&cmd),
         Command::Synth(args) => synth::run(&args),

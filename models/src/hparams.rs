@@ -117,7 +117,12 @@ fn meta<T>(file: &GgufFile, r: Result<T, GgufError>) -> Result<T, ModelError> {
 impl HParams {
     /// The architecture named by `general.architecture`.
     pub fn arch_of(file: &GgufFile) -> Result<Arch, ModelError> {
-        let arch = meta(file, file.header().get_str("general.architecture"))?;
+        let mut arch = meta(file, file.header().get_str("general.architecture"))?;
+        if arch == crate::lowrank::LOWRANK_ARCH {
+            // A file with Palu factors names its base architecture here (see lowrank.rs).
+            let key = format!("{}.base_architecture", crate::lowrank::PREFIX);
+            arch = meta(file, file.header().get_str(&key))?;
+        }
         Arch::ALL
             .into_iter()
             .find(|a| a.name() == arch)

@@ -7,6 +7,7 @@
 mod error;
 mod hparams;
 pub mod llama;
+pub mod lowrank;
 mod memory;
 mod model;
 pub mod synth;
@@ -15,5 +16,6 @@ mod tensors;
 pub use error::ModelError;
 pub use hparams::{Arch, HParams, RopeScaling, TokenizerInfo};
 pub use memory::{MemoryReport, MemoryReservation};
+pub use lowrank::LowRank;
 pub use model::{Device, LoadOptions, Model, SessionConfig};
 pub use tensors::check_tensors;

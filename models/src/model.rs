@@ -45,6 +45,9 @@ pub struct LoadOptions {
     /// Most GPU memory (bytes of storage buffers) the weights and all sessions of this
     /// model may take together; None: no cap. GPU device only. See [`crate::memory`].
     pub max_gpu_bytes: Option<u64>,
+    /// Run a file with Palu low-rank factors through its original K/V projections
+    /// (`--kv-lowrank off`); without factors this changes nothing.
+    pub ignore_lowrank: bool,
 }
 
 /// Settings of a session.
@@ -163,7 +166,18 @@ impl Model {
         opts: &LoadOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, ModelError> {
-        let llama = Arc::new(LlamaModel::open(path)?);
+        let mut llama = LlamaModel::open(path)?;
+        if opts.ignore_lowrank {
+            llama.lowrank = None;
+        }
+        if llama.lowrank.is_some() && opts.device == Device::Gpu {
+            return Err(ModelError::Runtime(Error::InvalidArgument(format!(
+                "{}: low-rank KV latents (Palu) run on the cpu device in this build: \
+                 pass --device cpu, or --kv-lowrank off to run the original projections",
+                llama.file.name()
+            ))));
+        }
+        let llama = Arc::new(llama);
         let tokenizer = Arc::new(Tokenizer::from_gguf(&llama.file)?);
         if tokenizer.n_vocab() != llama.hp.n_vocab {
             return Err(ModelError::BadValue {

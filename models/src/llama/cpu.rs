@@ -12,24 +12,40 @@
 use std::sync::Arc;
 
 use super::cpu_attention::{self, ScoreSink};
+use super::cpu_lowrank::{self, Latents, Rebuild};
 use kvedge_runtime::gguf::TensorInfo;
 use kvedge_runtime::kernels::{
     add, embed, hadamard, kv_compact, kv_select, kv_store, rmsnorm, rope, silu_mul,
 };
-use kvedge_runtime::kv::{KvCacheConfig, KvOptions, KvPlan, KvPolicy, KvStats, TidalRole};
+use kvedge_runtime::kv::{
+    KvBudget, KvCacheConfig, KvOptions, KvPlan, KvPolicy, KvStats, KvType, TidalRole,
+};
 use kvedge_runtime::quant::dequantize;
 
 use super::LlamaModel;
+use crate::lowrank::factor_names;
 use crate::ModelError;
+
+/// Sees the normalized input of each layer's attention: (layer, [m][n_embd] rows, m).
+/// `kvedge compress` gathers its calibration statistics through it.
+pub type LayerObserver = Box<dyn FnMut(usize, &[f32], usize) + Send>;
 
 /// The reference forward pass with its own f16 KV cache.
 pub struct CpuForward {
     model: Arc<LlamaModel>,
     cfg: KvCacheConfig,
     plan: KvPlan,
+    /// Per layer, the layouts K and V are stored in: `cfg` itself, or with Palu latents
+    /// the groups of KV heads as "heads" of the latent width (see `cpu_lowrank`).
+    store: Vec<(KvCacheConfig, KvCacheConfig)>,
     kc: Vec<Vec<u32>>,
     vc: Vec<Vec<u32>>,
-    /// Per layer [n_kv_heads][capacity] running scores (score-based policies).
+    /// Palu latents' up-projections and slot positions, when the model has factors.
+    latents: Option<Latents>,
+    /// With latents, per layer [n_groups][capacity] original position of each slot.
+    slot_pos: Vec<Vec<u32>>,
+    /// Per layer [selection heads][capacity] running scores (score-based policies); the
+    /// selection heads are the KV heads, or the latent groups.
     scores: Vec<Vec<f32>>,
     /// Slots used and tokens seen.
     used: usize,
@@ -40,6 +56,7 @@ pub struct CpuForward {
     threads: usize,
     /// TidalDecode's last selection ([n_kv_heads][k]).
     tidal_sel: Vec<u32>,
+    observer: Option<LayerObserver>,
 }
 
 /// Dot product in f32 over 16 independent lanes, a shape the compiler vectorizes
@@ -138,21 +155,43 @@ impl CpuForward {
                 "chunk and context must be positive".into(),
             )));
         }
-        let plan = KvPlan::new(kv, model.kv_geometry(), context, chunk)?;
+        let mut kv = kv.clone();
+        if let (Some(lr), Some(KvBudget::Bytes(b))) = (&model.lowrank, kv.budget) {
+            // A byte budget buys latent slots: latents plus their positions.
+            let per = lr.latent_bytes_per_token(kv.k_type, kv.v_type)
+                + lr.position_bytes_per_token();
+            kv.budget = Some(KvBudget::Tokens((b / per) as usize));
+        }
+        let mut plan = KvPlan::new(&kv, model.kv_geometry(), context, chunk)?;
+        if model.lowrank.is_some() {
+            // Keys are rebuilt into an f16 scratch; rotating latents is the compressor's
+            // job (`kvedge compress --hadamard` folds it into the factors).
+            plan.hadamard = false;
+        }
         let cfg = plan.cache_config(model.kv_geometry());
-        for ty in [cfg.k_type, cfg.v_type] {
-            if !ty.supports(cfg.head_dim) {
-                return Err(ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(
-                    format!(
-                        "KV type {} cannot store head dim {} (f16 needs it even, q8/q4 a multiple of 32)",
-                        ty.name(),
-                        cfg.head_dim
-                    ),
-                )));
+        let latents = match &model.lowrank {
+            Some(lr) => Some(Latents::new(&model, lr)?),
+            None => None,
+        };
+        let store: Vec<_> = (0..hp.n_layers)
+            .map(|l| latents.as_ref().map_or((cfg, cfg), |lt| lt.configs(l, &cfg)))
+            .collect();
+        for (k, v) in &store {
+            for (ty, width) in [(k.k_type, k.head_dim), (v.v_type, v.head_dim)] {
+                if !ty.supports(width) {
+                    let what = if latents.is_some() { "latent rank" } else { "head dim" };
+                    return Err(ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(
+                        format!(
+                            "KV type {} cannot store {what} {width} (f16 needs it even, q8/q4 a multiple of 32)",
+                            ty.name(),
+                        ),
+                    )));
+                }
             }
         }
+        let sel_heads = store[0].0.n_kv_heads;
         let scores = if plan.policy.scores() {
-            vec![vec![0.0; hp.n_kv_heads * plan.slots]; hp.n_layers]
+            vec![vec![0.0; sel_heads * plan.slots]; hp.n_layers]
         } else {
             Vec::new()
         };
@@ -160,8 +199,14 @@ impl CpuForward {
             model,
             cfg,
             plan,
-            kc: vec![vec![0; cfg.k_layer_words()]; hp.n_layers],
-            vc: vec![vec![0; cfg.v_layer_words()]; hp.n_layers],
+            kc: store.iter().map(|(k, _)| vec![0; k.k_layer_words()]).collect(),
+            vc: store.iter().map(|(_, v)| vec![0; v.v_layer_words()]).collect(),
+            slot_pos: match &latents {
+                Some(lt) => vec![vec![0; lt.lr.n_groups * cfg.capacity]; hp.n_layers],
+                None => Vec::new(),
+            },
+            store,
+            latents,
             scores,
             used: 0,
             position: 0,
@@ -169,8 +214,14 @@ impl CpuForward {
             evictions: 0,
             chunk: chunk.min(plan.max_chunk()),
             tidal_sel: Vec::new(),
+            observer: None,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
+    }
+
+    /// Call `obs` with each layer's normalized attention input from now on.
+    pub fn set_observer(&mut self, obs: LayerObserver) {
+        self.observer = Some(obs);
     }
 
     /// Tokens seen.
@@ -205,30 +256,36 @@ impl CpuForward {
             evicted: self.evicted,
             evictions: self.evictions,
             kv_bytes: self.kv_bytes(),
-            aux_bytes: self.scores.iter().map(|s| s.len() as u64 * 4).sum(),
+            // Scores, and the latents' positions.
+            aux_bytes: self.scores.iter().map(|s| s.len() as u64 * 4).sum::<u64>()
+                + self.slot_pos.iter().map(|p| p.len() as u64 * 4).sum::<u64>(),
         }
     }
 
     /// Drop every layer down to `plan.keep` slots, as `KvCache::evict` does on the GPU.
     fn evict(&mut self) -> Result<(), ModelError> {
         let n = self.used;
-        let nkv = self.cfg.n_kv_heads;
         for l in 0..self.cfg.n_layers {
+            let (kcfg, vcfg) = self.store[l];
+            let nsel = kcfg.n_kv_heads;
             let sel = self.plan.select(n, l, self.evictions);
             let zeros;
             let score = match self.scores.get(l) {
                 Some(s) => s,
                 None => {
-                    zeros = vec![0.0; nkv * self.cfg.capacity];
+                    zeros = vec![0.0; nsel * self.cfg.capacity];
                     &zeros
                 }
             };
-            let kept = kv_select::reference(nkv, self.cfg.capacity, &sel, score)?;
-            let (kr, vr) = (self.cfg.k_row_words(), self.cfg.v_row_words());
-            kv_compact::reference(&self.cfg, kr, sel.keep, &kept, &mut self.kc[l]);
-            kv_compact::reference(&self.cfg, vr, sel.keep, &kept, &mut self.vc[l]);
+            let kept = kv_select::reference(nsel, self.cfg.capacity, &sel, score)?;
+            let (kr, vr) = (kcfg.k_row_words(), vcfg.v_row_words());
+            kv_compact::reference(&kcfg, kr, sel.keep, &kept, &mut self.kc[l]);
+            kv_compact::reference(&vcfg, vr, sel.keep, &kept, &mut self.vc[l]);
             if let Some(s) = self.scores.get_mut(l) {
-                kv_compact::reference(&self.cfg, 1, sel.keep, &kept, s);
+                kv_compact::reference(&kcfg, 1, sel.keep, &kept, s);
+            }
+            if let Some(p) = self.slot_pos.get_mut(l) {
+                kv_compact::reference(&kcfg, 1, sel.keep, &kept, p);
             }
         }
         self.count_eviction(n);
@@ -243,8 +300,13 @@ impl CpuForward {
         self.used = keep;
     }
 
+    /// Bytes of the stored K and V (or latents) of every layer.
     pub fn kv_bytes(&self) -> u64 {
-        self.cfg.total_bytes()
+        4 * self
+            .store
+            .iter()
+            .map(|(k, v)| (k.k_layer_words() + v.v_layer_words()) as u64)
+            .sum::<u64>()
     }
 
     pub fn threads(&self) -> usize {
@@ -320,40 +382,123 @@ impl CpuForward {
         for l in 0..hp.n_layers {
             let b = |n: &str| format!("blk.{l}.{n}");
             let xn = rmsnorm::reference(&x, &model.vector(&b("attn_norm.weight"))?, e, hp.rms_eps);
+            if let Some(obs) = self.observer.as_mut() {
+                obs(l, &xn, m);
+            }
             let mut q = self.proj(&b("attn_q.weight"), &xn, m)?;
-            let mut k = self.proj(&b("attn_k.weight"), &xn, m)?;
-            let mut v = self.proj(&b("attn_v.weight"), &xn, m)?;
             if hp.arch.qkv_bias() {
                 add::reference(&mut q, &model.vector(&b("attn_q.bias"))?);
-                add::reference(&mut k, &model.vector(&b("attn_k.bias"))?);
-                add::reference(&mut v, &model.vector(&b("attn_v.bias"))?);
             }
             rope::reference(&mut q, &pos, &model.rope(hp.n_heads))?;
-            rope::reference(&mut k, &pos, &model.rope(hp.n_kv_heads))?;
+            // K and V to store: the rotated projections, or the Palu latents.
+            let (mut k, mut v) = if self.latents.is_some() {
+                let (kd, vd) = (factor_names(l, false).0, factor_names(l, true).0);
+                (self.proj(&kd, &xn, m)?, self.proj(&vd, &xn, m)?)
+            } else {
+                let mut k = self.proj(&b("attn_k.weight"), &xn, m)?;
+                let mut v = self.proj(&b("attn_v.weight"), &xn, m)?;
+                if hp.arch.qkv_bias() {
+                    add::reference(&mut k, &model.vector(&b("attn_k.bias"))?);
+                    add::reference(&mut v, &model.vector(&b("attn_v.bias"))?);
+                }
+                rope::reference(&mut k, &pos, &model.rope(hp.n_kv_heads))?;
+                (k, v)
+            };
             if self.plan.hadamard {
                 hadamard::reference(&mut q, hp.head_dim)?;
                 hadamard::reference(&mut k, hp.head_dim)?;
                 hadamard::reference(&mut v, hp.head_dim)?;
             }
+            let (kst, vst) = self.store[l];
+            let staged = |c: KvCacheConfig| KvCacheConfig {
+                capacity: stage_cfg.capacity,
+                ..c
+            };
             // NACL's one-shot eviction works in a staging copy of the layer (see gpu.rs).
-            let (mut sk, mut sv, mut ss) = (Vec::new(), Vec::new(), Vec::new());
-            let (cfg, kc, vc, layer_scores) = if oneshot {
+            let (mut sk, mut sv, mut ss, mut sp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (cfg, kst, vst, kc, vc, layer_scores, slot_pos) = if oneshot {
                 let (sc, used) = (stage_cfg, self.used);
-                sk = stage_rows(&self.cfg, &sc, sc.k_row_words(), used, &self.kc[l]);
-                sv = stage_rows(&self.cfg, &sc, sc.v_row_words(), used, &self.vc[l]);
-                ss = vec![0.0f32; sc.n_kv_heads * sc.capacity];
-                (sc, &mut sk, &mut sv, Some(&mut ss))
+                let (kd, vd) = (staged(kst), staged(vst));
+                sk = stage_rows(&kst, &kd, kst.k_row_words(), used, &self.kc[l]);
+                sv = stage_rows(&vst, &vd, vst.v_row_words(), used, &self.vc[l]);
+                ss = vec![0.0f32; kst.n_kv_heads * sc.capacity];
+                if let Some(p) = self.slot_pos.get(l) {
+                    sp = stage_rows(&kst, &kd, 1, used, p);
+                }
+                let sp = self.latents.as_ref().map(|_| &mut sp);
+                (sc, kd, vd, &mut sk, &mut sv, Some(&mut ss), sp)
             } else {
                 (
                     self.cfg,
+                    kst,
+                    vst,
                     &mut self.kc[l],
                     &mut self.vc[l],
                     self.scores.get_mut(l),
+                    self.slot_pos.get_mut(l),
                 )
             };
-            let (kt, vt) = (cfg.k_type, cfg.v_type);
-            kv_store::reference(&cfg, kt, &k, kc, m, self.used);
-            kv_store::reference(&cfg, vt, &v, vc, m, self.used);
+            kv_store::reference(&kst, kst.k_type, &k, kc, m, self.used);
+            kv_store::reference(&vst, vst.v_type, &v, vc, m, self.used);
+            let n_slots = self.used + m;
+            // With latents, attention reads keys and values rebuilt into an f16 scratch and
+            // scores per KV head, summed per group after.
+            let (mut k_full, mut v_full);
+            let mut head_scores = Vec::new();
+            let (acfg, kread, vread): (KvCacheConfig, &[u32], &[u32]) =
+                if let (Some(lt), Some(slot_pos)) = (&self.latents, slot_pos) {
+                    for grp in 0..kst.n_kv_heads {
+                        for i in 0..m {
+                            slot_pos[grp * kst.capacity + self.used + i] = pos[i];
+                        }
+                    }
+                    let acfg = KvCacheConfig {
+                        k_type: KvType::F16,
+                        v_type: KvType::F16,
+                        ..cfg
+                    };
+                    k_full = vec![0u32; acfg.k_layer_words()];
+                    v_full = vec![0u32; acfg.v_layer_words()];
+                    let bias = |n: &str| -> Result<Option<Vec<f32>>, ModelError> {
+                        Ok(if hp.arch.qkv_bias() {
+                            Some(model.vector(&b(n))?)
+                        } else {
+                            None
+                        })
+                    };
+                    let (kb, vb) = (bias("attn_k.bias")?, bias("attn_v.bias")?);
+                    let kr = Rebuild {
+                        lat_cfg: &kst,
+                        ty: kst.k_type,
+                        latents: kc,
+                        up: lt.up(l, false),
+                        bias: kb.as_deref(),
+                        rope: Some((slot_pos, model.rope(hp.n_kv_heads))),
+                    };
+                    cpu_lowrank::rebuild(&kr, &acfg, n_slots, &mut k_full, threads)?;
+                    let vr = Rebuild {
+                        lat_cfg: &vst,
+                        ty: vst.v_type,
+                        latents: vc,
+                        up: lt.up(l, true),
+                        bias: vb.as_deref(),
+                        rope: None,
+                    };
+                    cpu_lowrank::rebuild(&vr, &acfg, n_slots, &mut v_full, threads)?;
+                    head_scores = vec![0.0f32; acfg.n_kv_heads * acfg.capacity];
+                    (acfg, &k_full, &v_full)
+                } else {
+                    (cfg, kc, vc)
+                };
+            // Where attention writes slot scores: the layer's, or per head for folding.
+            let (mut layer_scores, group_scores) = if self.latents.is_some() {
+                let fold = layer_scores;
+                (fold.as_ref().map(|_| &mut head_scores), fold)
+            } else {
+                (layer_scores, None)
+            };
+            let cfg = acfg;
+            let (kc, vc) = (kread, vread);
             // TidalDecode, as the GPU pass does it (see kv::config).
             let tidal = self.plan.tidal.filter(|t| m == 1 && self.used + 1 > t.k);
             let role = tidal.map_or(TidalRole::Dense, |t| t.role(l));
@@ -365,7 +510,6 @@ impl CpuForward {
                 }
                 _ => None,
             };
-            let mut layer_scores = layer_scores;
             let att = if let (TidalRole::Sparse, Some(t)) = (role, tidal) {
                 cpu_attention::attend_sparse(
                     &cfg,
@@ -419,18 +563,35 @@ impl CpuForward {
                     score,
                 )?;
             }
+            if let (Some(groups), Some((_, accumulate))) = (group_scores, score_range) {
+                let (nkv, cap) = (cfg.n_kv_heads, cfg.capacity);
+                cpu_lowrank::fold_scores(
+                    &head_scores,
+                    groups,
+                    nkv,
+                    cap,
+                    n_slots,
+                    self.used,
+                    accumulate,
+                );
+            }
             if oneshot {
-                let (sc, nkv) = (stage_cfg, self.cfg.n_kv_heads);
+                let (sc, nsel) = (stage_cfg, kst.n_kv_heads);
                 let sel = self.plan.select(self.used + m, l, self.evictions);
-                let kept = kv_select::reference(nkv, sc.capacity, &sel, &ss)?;
-                let (kr, vr) = (sc.k_row_words(), sc.v_row_words());
-                kv_compact::reference(&sc, kr, sel.keep, &kept, &mut sk);
-                kv_compact::reference(&sc, vr, sel.keep, &kept, &mut sv);
-                kv_compact::reference(&sc, 1, sel.keep, &kept, &mut ss);
-                unstage_rows(&sc, &self.cfg, kr, sel.keep, &sk, &mut self.kc[l]);
-                unstage_rows(&sc, &self.cfg, vr, sel.keep, &sv, &mut self.vc[l]);
+                let kept = kv_select::reference(nsel, sc.capacity, &sel, &ss)?;
+                let (kr, vr) = (kst.k_row_words(), vst.v_row_words());
+                kv_compact::reference(&kst, kr, sel.keep, &kept, &mut sk);
+                kv_compact::reference(&vst, vr, sel.keep, &kept, &mut sv);
+                kv_compact::reference(&kst, 1, sel.keep, &kept, &mut ss);
+                let (kt, vt) = self.store[l];
+                unstage_rows(&kst, &kt, kr, sel.keep, &sk, &mut self.kc[l]);
+                unstage_rows(&vst, &vt, vr, sel.keep, &sv, &mut self.vc[l]);
                 if let Some(s) = self.scores.get_mut(l) {
-                    unstage_rows(&sc, &self.cfg, 1, sel.keep, &ss, s);
+                    unstage_rows(&kst, &kt, 1, sel.keep, &ss, s);
+                }
+                if let Some(p) = self.slot_pos.get_mut(l) {
+                    kv_compact::reference(&kst, 1, sel.keep, &kept, &mut sp);
+                    unstage_rows(&kst, &kt, 1, sel.keep, &sp, p);
                 }
             }
             let mut att = att;

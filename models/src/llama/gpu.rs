@@ -199,6 +199,11 @@ impl GpuForward {
                 "chunk and context must be positive".into(),
             )));
         }
+        if model.lowrank.is_some() {
+            return Err(ModelError::Runtime(Error::InvalidArgument(
+                "low-rank KV latents (Palu) run on the cpu device in this build".into(),
+            )));
+        }
         let plan = KvPlan::new(kv, model.kv_geometry(), context, chunk)?;
         let chunk = chunk.min(plan.max_chunk());
         let kv = KvCache::new(&ctx, model.kv_geometry(), plan)?;

@@ -13,6 +13,7 @@
 
 pub mod cpu;
 mod cpu_attention;
+mod cpu_lowrank;
 pub mod gpu;
 
 use std::path::Path;
@@ -22,7 +23,7 @@ use kvedge_runtime::gguf::GgufFile;
 use kvedge_runtime::kernels::rope::RopeConfig;
 use kvedge_runtime::quant::dequantize;
 
-use crate::{check_tensors, HParams, ModelError, RopeScaling};
+use crate::{check_tensors, HParams, LowRank, ModelError, RopeScaling};
 
 /// A loaded llama-family GGUF: the mapped file, its hyperparameters, whether the output
 /// matrix is tied to the embedding.
@@ -30,6 +31,9 @@ pub struct LlamaModel {
     pub file: Arc<GgufFile>,
     pub hp: HParams,
     pub tied_output: bool,
+    /// Palu factors of the K/V projections, when the file has them and they are in use
+    /// (see [`crate::lowrank`]); None runs the original projections.
+    pub lowrank: Option<LowRank>,
 }
 
 impl LlamaModel {
@@ -70,10 +74,12 @@ impl LlamaModel {
                 ));
             }
         }
+        let lowrank = LowRank::from_gguf(&file, &hp)?;
         Ok(Self {
             file,
             hp,
             tied_output,
+            lowrank,
         })
     }
 

@@ -1,0 +1,336 @@
+//! `kvedge compress`: factor a model's K and V projections into Palu low-rank pairs
+//! (arXiv 2407.21118) and write a new GGUF with the factors beside the original tensors;
+//! the format is documented in `kvedge_models::lowrank`, the mathematics in
+//! `lowrank_factor`. Optionally whitened by calibration activations gathered by running
+//! the model itself (the CPU reference forward pass) over calibration text.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use clap::Args;
+use faer::{Accum, Mat, Par};
+use kvedge_models::llama::cpu::CpuForward;
+use kvedge_models::llama::LlamaModel;
+use kvedge_models::lowrank::{factor_names, LOWRANK_ARCH, PREFIX};
+use kvedge_runtime::gguf::{GgufWriter, MetaArray, MetaValue};
+use kvedge_runtime::kernels::hadamard;
+use kvedge_runtime::kv::{KvOptions, KvType};
+use kvedge_runtime::quant::{dequantize, GgmlType};
+use kvedge_runtime::tokenizer::Tokenizer;
+
+use crate::lowrank_factor::{self, Factors, Spectrum};
+
+#[derive(Args)]
+pub struct CompressArgs {
+    /// The GGUF model to compress
+    #[arg(short = 'm', long)]
+    pub model: PathBuf,
+    /// Where to write the compressed GGUF
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// Latent width over the full K (and V) width of a group, averaged over layers
+    #[arg(long, default_value_t = 0.5)]
+    pub kv_rank_ratio: f64,
+    /// KV heads factored together: a number dividing the KV head count, or "all"
+    #[arg(long, default_value = "all")]
+    pub group_size: String,
+    /// Calibration text (a file, or a folder of .txt files) for whitening; without it the
+    /// plain SVD of the weights is used
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// Calibration tokens taken from the start of the text
+    #[arg(long, default_value_t = 2048)]
+    pub calib_tokens: usize,
+    /// uniform (every layer the same rank) or energy (retained spectral energy)
+    #[arg(long, default_value = "uniform", value_parser = ["uniform", "energy"])]
+    pub rank_alloc: String,
+    /// The latent storage type the ranks are rounded for: f16 (multiples of 8) or q8/q4
+    /// (multiples of 32, the quantization block); the session's --kv-type picks the
+    /// type actually stored
+    #[arg(long, default_value = "f16")]
+    pub latent_type: KvType,
+    /// Fold a Walsh-Hadamard rotation into the factors, so that the latents are rotated
+    /// before they are quantized (spreads outliers over the block, as Palu does)
+    #[arg(long)]
+    pub hadamard: bool,
+}
+
+/// One layer's K or V projection, dequantized, with its groups' spectra.
+struct Matrix {
+    layer: usize,
+    v: bool,
+    spectra: Vec<Spectrum>,
+}
+
+pub fn run(args: &CompressArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let t0 = Instant::now();
+    if !(args.kv_rank_ratio > 0.0 && args.kv_rank_ratio <= 1.0) {
+        return Err(format!(
+            "--kv-rank-ratio: expected a value in (0, 1], got {}",
+            args.kv_rank_ratio
+        )
+        .into());
+    }
+    let model = Arc::new(LlamaModel::open(&args.model)?);
+    if model.lowrank.is_some() {
+        return Err(format!(
+            "{}: already has low-rank factors (architecture {LOWRANK_ARCH}); compress the original",
+            args.model.display()
+        )
+        .into());
+    }
+    let hp = model.hp.clone();
+    let group_size = match args.group_size.as_str() {
+        "all" => hp.n_kv_heads,
+        s => s
+            .parse::<usize>()
+            .ok()
+            .filter(|&g| g > 0 && hp.n_kv_heads.is_multiple_of(g))
+            .ok_or_else(|| {
+                format!(
+                    "--group-size: expected \"all\" or a divisor of the model's {} KV heads, got '{s}'",
+                    hp.n_kv_heads
+                )
+            })?,
+    };
+    let n_groups = hp.n_kv_heads / group_size;
+    let (d, hd) = (hp.n_embd, hp.head_dim);
+    let width = group_size * hd;
+    let multiple = match args.latent_type {
+        KvType::F16 => 8,
+        _ => 32,
+    };
+
+    let whiteners = match &args.calib {
+        Some(path) => Some(calibrate(&model, path, args.calib_tokens)?),
+        None => None,
+    };
+
+    // Spectra of every group of every layer's K and V.
+    let bar = progress(2 * hp.n_layers as u64, "factoring");
+    let mut matrices = Vec::new();
+    for layer in 0..hp.n_layers {
+        for v in [false, true] {
+            let name = format!("blk.{layer}.attn_{}.weight", if v { "v" } else { "k" });
+            let t = model.file.tensor(&name)?;
+            let mut w = vec![0.0f32; t.n_elements as usize];
+            dequantize(t.ty, model.file.tensor_data(t), &mut w)?;
+            let l = whiteners.as_ref().map(|w| &w[layer]);
+            let spectra = (0..n_groups)
+                .map(|g| lowrank_factor::spectrum(&w[g * width * d..(g + 1) * width * d], width, d, l))
+                .collect::<Result<Vec<_>, _>>()?;
+            matrices.push(Matrix { layer, v, spectra });
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+
+    let max_rank = width.min(d);
+    let target = args.kv_rank_ratio * width as f64;
+    let ranks: Vec<usize> = match args.rank_alloc.as_str() {
+        "energy" => {
+            let budget = (target * (matrices.len() * n_groups) as f64).round() as usize;
+            let spectra: Vec<Vec<&Spectrum>> =
+                matrices.iter().map(|m| m.spectra.iter().collect()).collect();
+            lowrank_factor::allocate_energy(&spectra, multiple, budget)
+        }
+        _ => vec![lowrank_factor::round_rank(target, multiple, max_rank); matrices.len()],
+    };
+
+    let mut w = GgufWriter::new();
+    for (key, value) in model.file.metadata() {
+        if key == "general.architecture" {
+            w.set(key.clone(), MetaValue::String(LOWRANK_ARCH.into()));
+        } else {
+            w.set(key.clone(), value.clone());
+        }
+    }
+    let meta = |k: &str| format!("{PREFIX}.{k}");
+    let ranks_of = |v: bool| -> Vec<u32> {
+        matrices
+            .iter()
+            .zip(&ranks)
+            .filter(|(m, _)| m.v == v)
+            .map(|(_, &r)| r as u32)
+            .collect()
+    };
+    let (k_ranks, v_ranks) = (ranks_of(false), ranks_of(true));
+    w.set(meta("base_architecture"), MetaValue::String(hp.arch.name().into()))
+        .set(meta("group_size"), MetaValue::U32(group_size as u32))
+        .set(meta("k_ranks"), MetaValue::Array(MetaArray::U32(k_ranks.clone())))
+        .set(meta("v_ranks"), MetaValue::Array(MetaArray::U32(v_ranks.clone())))
+        .set(meta("rank_ratio"), MetaValue::F32(args.kv_rank_ratio as f32))
+        .set(meta("whitened"), MetaValue::Bool(whiteners.is_some()))
+        .set(meta("rank_alloc"), MetaValue::String(args.rank_alloc.clone()))
+        .set(meta("rank_multiple"), MetaValue::U32(multiple as u32))
+        .set(meta("hadamard"), MetaValue::Bool(args.hadamard))
+        .set(
+            meta("calib_tokens"),
+            MetaValue::U32(if args.calib.is_some() { args.calib_tokens as u32 } else { 0 }),
+        );
+    for t in model.file.tensors() {
+        w.add_tensor(
+            t.name.clone(),
+            t.ty,
+            &t.dims,
+            model.file.tensor_data(t).to_vec(),
+        )?;
+    }
+
+    println!(
+        "{:>5} {:>2} {:>5} {:>8} {:>10}",
+        "layer", "kv", "rank", "energy", "rel. error"
+    );
+    for (m, &r) in matrices.iter().zip(&ranks) {
+        let l = whiteners.as_ref().map(|w| &w[m.layer]);
+        let (mut down, mut up) = (Vec::new(), Vec::new());
+        let (mut err2, mut total2, mut energy) = (0.0, 0.0, 0.0);
+        for sp in &m.spectra {
+            let Factors {
+                down: mut dn,
+                up: mut u,
+                error,
+            } = sp.factors(r, l);
+            if args.hadamard {
+                rotate_latent(&mut dn, &mut u, r, d)?;
+            }
+            down.extend(dn);
+            up.extend(u);
+            err2 += error * error;
+            total2 += sp.s.iter().map(|x| x * x).sum::<f64>();
+            energy += sp.energy(r) / m.spectra.len() as f64;
+        }
+        let (dn_name, up_name) = factor_names(m.layer, m.v);
+        w.add_tensor(dn_name, GgmlType::F16, &[d as u64, (n_groups * r) as u64], f16_bytes(&down))?;
+        w.add_tensor(
+            up_name,
+            GgmlType::F16,
+            &[r as u64, (hp.n_kv_heads * hd) as u64],
+            f16_bytes(&up),
+        )?;
+        println!(
+            "{:>5} {:>2} {:>5} {:>7.2}% {:>10.4}",
+            m.layer,
+            if m.v { "V" } else { "K" },
+            r,
+            100.0 * energy,
+            (err2 / total2.max(1e-300)).sqrt()
+        );
+    }
+    w.write_file(&args.output)?;
+
+    let full = 2 * hp.n_layers * hp.n_kv_heads * hd * 2;
+    let latent: usize = k_ranks
+        .iter()
+        .chain(&v_ranks)
+        .map(|&r| r as usize * n_groups * 2)
+        .sum();
+    let positions = 4 * n_groups * hp.n_layers;
+    println!(
+        "\n{} -> {}: group {} heads ({} groups), {} ranks, {}",
+        args.model.display(),
+        args.output.display(),
+        group_size,
+        n_groups,
+        args.rank_alloc,
+        match (&args.calib, whiteners.is_some()) {
+            (Some(p), true) => format!("whitened by {} tokens of {}", args.calib_tokens, p.display()),
+            _ => "plain SVD (no calibration)".into(),
+        }
+    );
+    println!(
+        "KV bytes per token (f16): {full} full -> {latent} latent + {positions} position = {} ({:.1}% of full); {:.1}s",
+        latent + positions,
+        100.0 * (latent + positions) as f64 / full as f64,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Fold the runtime's Walsh-Hadamard rotation H (symmetric, orthonormal) into a factor
+/// pair: the latent becomes H·h, so D ← H·D and A ← A·H.
+fn rotate_latent(down: &mut [f32], up: &mut [f32], r: usize, d: usize) -> Result<(), String> {
+    let mut col = vec![0.0f32; r];
+    for j in 0..d {
+        for i in 0..r {
+            col[i] = down[i * d + j];
+        }
+        hadamard::reference(&mut col, r).map_err(|e| e.to_string())?;
+        for i in 0..r {
+            down[i * d + j] = col[i];
+        }
+    }
+    hadamard::reference(up, r).map_err(|e| e.to_string())
+}
+
+fn f16_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+        .collect()
+}
+
+fn progress(n: u64, what: &'static str) -> indicatif::ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(n);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b.set_message(what);
+    b
+}
+
+/// Run the model over the first `n_tokens` tokens of `path` and return, per layer, the
+/// Cholesky factor of the Gram matrix of the attention's normalized inputs (what the K
+/// and V projections see).
+fn calibrate(
+    model: &Arc<LlamaModel>,
+    path: &PathBuf,
+    n_tokens: usize,
+) -> Result<Vec<Mat<f64>>, Box<dyn std::error::Error>> {
+    let text = crate::needle::read_text(path)?;
+    let tok = Tokenizer::from_gguf(&model.file)?;
+    let mut ids = tok.encode(&text, true, false)?;
+    if ids.len() < n_tokens.min(64) || n_tokens == 0 {
+        return Err(format!(
+            "--calib {}: expected at least {} tokens of text, found {}",
+            path.display(),
+            n_tokens.clamp(1, 64),
+            ids.len()
+        )
+        .into());
+    }
+    ids.truncate(n_tokens);
+    let (layers, d) = (model.hp.n_layers, model.hp.n_embd);
+    let grams = Arc::new(Mutex::new(vec![Mat::<f64>::zeros(d, d); layers]));
+    let chunk = 256;
+    let mut fwd = CpuForward::new(model.clone(), ids.len(), chunk, &KvOptions::default())?;
+    let g = grams.clone();
+    fwd.set_observer(Box::new(move |layer, xn, m| {
+        let x = Mat::from_fn(m, d, |i, j| xn[i * d + j] as f64);
+        let mut g = g.lock().unwrap_or_else(|e| e.into_inner());
+        faer::linalg::matmul::matmul(
+            g[layer].as_mut(),
+            Accum::Add,
+            x.transpose(),
+            x.as_ref(),
+            1.0,
+            Par::Seq,
+        );
+    }));
+    let bar = progress(ids.len() as u64, "calibrating");
+    for part in ids.chunks(chunk) {
+        fwd.forward(part)?;
+        bar.inc(part.len() as u64);
+    }
+    bar.finish_and_clear();
+    drop(fwd);
+    let grams = grams.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(grams
+        .iter()
+        .map(lowrank_factor::whitener)
+        .collect::<Result<Vec<_>, _>>()?)
+}
