@@ -118,7 +118,9 @@ pub fn run(args: &CompressArgs) -> Result<(), Box<dyn std::error::Error>> {
             dequantize(t.ty, model.file.tensor_data(t), &mut w)?;
             let l = whiteners.as_ref().map(|w| &w[layer]);
             let spectra = (0..n_groups)
-                .map(|g| lowrank_factor::spectrum(&w[g * width * d..(g + 1) * width * d], width, d, l))
+                .map(|g| {
+                    lowrank_factor::spectrum(&w[g * width * d..(g + 1) * width * d], width, d, l)
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             matrices.push(Matrix { layer, v, spectra });
             bar.inc(1);
@@ -131,8 +133,10 @@ pub fn run(args: &CompressArgs) -> Result<(), Box<dyn std::error::Error>> {
     let ranks: Vec<usize> = match args.rank_alloc.as_str() {
         "energy" => {
             let budget = (target * (matrices.len() * n_groups) as f64).round() as usize;
-            let spectra: Vec<Vec<&Spectrum>> =
-                matrices.iter().map(|m| m.spectra.iter().collect()).collect();
+            let spectra: Vec<Vec<&Spectrum>> = matrices
+                .iter()
+                .map(|m| m.spectra.iter().collect())
+                .collect();
             lowrank_factor::allocate_energy(&spectra, multiple, budget)
         }
         _ => vec![lowrank_factor::round_rank(target, multiple, max_rank); matrices.len()],
@@ -156,19 +160,38 @@ pub fn run(args: &CompressArgs) -> Result<(), Box<dyn std::error::Error>> {
             .collect()
     };
     let (k_ranks, v_ranks) = (ranks_of(false), ranks_of(true));
-    w.set(meta("base_architecture"), MetaValue::String(hp.arch.name().into()))
-        .set(meta("group_size"), MetaValue::U32(group_size as u32))
-        .set(meta("k_ranks"), MetaValue::Array(MetaArray::U32(k_ranks.clone())))
-        .set(meta("v_ranks"), MetaValue::Array(MetaArray::U32(v_ranks.clone())))
-        .set(meta("rank_ratio"), MetaValue::F32(args.kv_rank_ratio as f32))
-        .set(meta("whitened"), MetaValue::Bool(whiteners.is_some()))
-        .set(meta("rank_alloc"), MetaValue::String(args.rank_alloc.clone()))
-        .set(meta("rank_multiple"), MetaValue::U32(multiple as u32))
-        .set(meta("hadamard"), MetaValue::Bool(args.hadamard))
-        .set(
-            meta("calib_tokens"),
-            MetaValue::U32(if args.calib.is_some() { args.calib_tokens as u32 } else { 0 }),
-        );
+    w.set(
+        meta("base_architecture"),
+        MetaValue::String(hp.arch.name().into()),
+    )
+    .set(meta("group_size"), MetaValue::U32(group_size as u32))
+    .set(
+        meta("k_ranks"),
+        MetaValue::Array(MetaArray::U32(k_ranks.clone())),
+    )
+    .set(
+        meta("v_ranks"),
+        MetaValue::Array(MetaArray::U32(v_ranks.clone())),
+    )
+    .set(
+        meta("rank_ratio"),
+        MetaValue::F32(args.kv_rank_ratio as f32),
+    )
+    .set(meta("whitened"), MetaValue::Bool(whiteners.is_some()))
+    .set(
+        meta("rank_alloc"),
+        MetaValue::String(args.rank_alloc.clone()),
+    )
+    .set(meta("rank_multiple"), MetaValue::U32(multiple as u32))
+    .set(meta("hadamard"), MetaValue::Bool(args.hadamard))
+    .set(
+        meta("calib_tokens"),
+        MetaValue::U32(if args.calib.is_some() {
+            args.calib_tokens as u32
+        } else {
+            0
+        }),
+    );
     for t in model.file.tensors() {
         w.add_tensor(
             t.name.clone(),
@@ -202,7 +225,12 @@ pub fn run(args: &CompressArgs) -> Result<(), Box<dyn std::error::Error>> {
             energy += sp.energy(r) / m.spectra.len() as f64;
         }
         let (dn_name, up_name) = factor_names(m.layer, m.v);
-        w.add_tensor(dn_name, GgmlType::F16, &[d as u64, (n_groups * r) as u64], f16_bytes(&down))?;
+        w.add_tensor(
+            dn_name,
+            GgmlType::F16,
+            &[d as u64, (n_groups * r) as u64],
+            f16_bytes(&down),
+        )?;
         w.add_tensor(
             up_name,
             GgmlType::F16,
@@ -235,7 +263,11 @@ pub fn run(args: &CompressArgs) -> Result<(), Box<dyn std::error::Error>> {
         n_groups,
         args.rank_alloc,
         match (&args.calib, whiteners.is_some()) {
-            (Some(p), true) => format!("whitened by {} tokens of {}", args.calib_tokens, p.display()),
+            (Some(p), true) => format!(
+                "whitened by {} tokens of {}",
+                args.calib_tokens,
+                p.display()
+            ),
             _ => "plain SVD (no calibration)".into(),
         }
     );
@@ -306,8 +338,10 @@ fn calibrate(
     ids.truncate(n_tokens);
     let (layers, d) = (model.hp.n_layers, model.hp.n_embd);
     let grams = Arc::new(Mutex::new(vec![Mat::<f64>::zeros(d, d); layers]));
-    let chunk = 256;
-    let mut fwd = CpuForward::new(model.clone(), ids.len(), chunk, &KvOptions::default())?;
+    // Independent windows: the projections' inputs need no long context, and short
+    // windows keep the attention cheap.
+    const WINDOW: usize = 512;
+    let mut fwd = CpuForward::new(model.clone(), WINDOW, WINDOW, &KvOptions::default())?;
     let g = grams.clone();
     fwd.set_observer(Box::new(move |layer, xn, m| {
         let x = Mat::from_fn(m, d, |i, j| xn[i * d + j] as f64);
@@ -322,9 +356,10 @@ fn calibrate(
         );
     }));
     let bar = progress(ids.len() as u64, "calibrating");
-    for part in ids.chunks(chunk) {
-        fwd.forward(part)?;
-        bar.inc(part.len() as u64);
+    for window in ids.chunks(WINDOW) {
+        fwd.reset();
+        fwd.prefill(window)?;
+        bar.inc(window.len() as u64);
     }
     bar.finish_and_clear();
     drop(fwd);
@@ -333,4 +368,293 @@ fn calibrate(
         .iter()
         .map(lowrank_factor::whitener)
         .collect::<Result<Vec<_>, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvedge_models::synth::{synthesize, SynthSpec};
+    use kvedge_models::{Arch, Device, LoadOptions, Model, ModelError};
+    use kvedge_runtime::gguf::GgufFile;
+    use kvedge_runtime::kv::{KvBudget, KvPolicy};
+    use std::path::Path;
+
+    fn temp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("kvedge-compress-{}-{name}", std::process::id()))
+    }
+
+    fn synth(name: &str, arch: Arch) -> PathBuf {
+        let path = temp(&format!("{name}.gguf"));
+        let spec = SynthSpec {
+            arch,
+            layers: 2,
+            dim: 128,
+            heads: 4,
+            kv_heads: 2,
+            ffn: 256,
+            context: 512,
+            seed: 3,
+            ..SynthSpec::default()
+        };
+        synthesize(&spec).unwrap().write_file(&path).unwrap();
+        path
+    }
+
+    fn compress(
+        model: &Path,
+        out: &str,
+        ratio: f64,
+        group: &str,
+        calib: Option<PathBuf>,
+    ) -> PathBuf {
+        let output = temp(&format!("{out}.gguf"));
+        run(&CompressArgs {
+            model: model.into(),
+            output: output.clone(),
+            kv_rank_ratio: ratio,
+            group_size: group.into(),
+            calib_tokens: 300,
+            calib,
+            rank_alloc: "uniform".into(),
+            latent_type: KvType::F16,
+            hadamard: false,
+        })
+        .unwrap();
+        output
+    }
+
+    fn calib_text() -> PathBuf {
+        let p = temp("calib.txt");
+        let text: String = (0..400)
+            .map(|i| format!("word{} and {} more; ", i % 37, i * 7 % 101))
+            .collect();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn tokens(n: usize) -> Vec<u32> {
+        (0..n as u32).map(|i| 3 + (i * 37 + i * i) % 250).collect()
+    }
+
+    fn logits(
+        path: &Path,
+        kv: &KvOptions,
+        toks: &[u32],
+    ) -> (Vec<f32>, kvedge_runtime::kv::KvStats) {
+        let model = Arc::new(LlamaModel::open(path).unwrap());
+        let mut f = CpuForward::new(model, 512, 32, kv).unwrap();
+        let mut out = f.forward(&toks[..toks.len() - 8]).unwrap();
+        for &t in &toks[toks.len() - 8..] {
+            out.extend(f.forward(&[t]).unwrap());
+        }
+        (out, f.kv_stats())
+    }
+
+    fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+        let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        a.iter()
+            .zip(b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale
+    }
+
+    /// A full-rank "compression" (plain and whitened, joint and per-head groups, llama and
+    /// qwen2 with its K/V biases) reproduces the original logits within the f16 rounding
+    /// of the stored factors; the latent cache then holds as many bytes as the full one.
+    #[test]
+    fn full_rank_compression_reproduces_the_original_logits() {
+        let calib = calib_text();
+        for arch in [Arch::Llama, Arch::Qwen2] {
+            let orig = synth(&format!("full-{arch:?}"), arch);
+            let toks = tokens(72);
+            let kv = KvOptions::default();
+            let (want, full_stats) = logits(&orig, &kv, &toks);
+            for (group, calib) in [("all", None), ("1", None), ("all", Some(calib.clone()))] {
+                let name = format!("full-{arch:?}-{group}-{}", calib.is_some());
+                let lr = compress(&orig, &name, 1.0, group, calib);
+                let (got, stats) = logits(&lr, &kv, &toks);
+                let d = max_rel_diff(&got, &want);
+                assert!(d < 2e-3, "{name}: logits differ by {d} of their scale");
+                // Latents of full rank take the full cache's bytes (positions aside).
+                assert_eq!(stats.kv_bytes, full_stats.kv_bytes, "{name}");
+                std::fs::remove_file(lr).ok();
+            }
+            std::fs::remove_file(orig).ok();
+        }
+    }
+
+    /// At half rank the session stores half the bytes, exactly what the configuration
+    /// predicts, and the latent model still runs every policy and TidalDecode within its
+    /// budget; with a full-rank file, policies select as the original model does, so the
+    /// logits agree.
+    #[test]
+    fn latent_cache_composes_with_budgets_policies_and_tidal_decode() {
+        let orig = synth("compose", Arch::Llama);
+        let half = compress(&orig, "compose-half", 0.5, "all", None);
+        let full = compress(&orig, "compose-full", 1.0, "1", None);
+        let toks = tokens(200);
+        let lr = LlamaModel::open(&half).unwrap().lowrank.unwrap();
+        assert_eq!(lr.k_ranks, vec![32, 32]);
+        let (_, st) = logits(&half, &KvOptions::default(), &toks);
+        assert_eq!(
+            st.kv_bytes,
+            512 * lr.latent_bytes_per_token(KvType::F16, KvType::F16),
+            "kv_bytes of a 512-slot session"
+        );
+        let policy = |policy, budget: usize| KvOptions {
+            policy,
+            budget: Some(KvBudget::Tokens(budget)),
+            sinks: 4,
+            ..KvOptions::default()
+        };
+        for (name, kv) in [
+            ("window", policy(KvPolicy::Window, 64)),
+            ("h2o", policy(KvPolicy::H2o, 64)),
+            ("nacl", policy(KvPolicy::Nacl, 64)),
+            (
+                "tidal",
+                KvOptions {
+                    tidal: Some(kvedge_runtime::kv::TidalOptions {
+                        k: 16,
+                        layers: Some((0, 1)),
+                    }),
+                    ..KvOptions::default()
+                },
+            ),
+        ] {
+            let (a, sa) = logits(&half, &kv, &toks);
+            let (b, _) = logits(&half, &kv, &toks);
+            assert_eq!(a, b, "{name}: same seed, same result");
+            assert!(a.iter().all(|x| x.is_finite()), "{name}");
+            if kv.budget.is_some() {
+                assert!(sa.used <= 64 && sa.slots <= 64, "{name}: {sa:?}");
+                assert!(sa.evicted > 0, "{name}: {sa:?}");
+            }
+            // Full rank, one group per head: the same slots are kept as without latents.
+            let (want, so) = logits(&orig, &kv, &toks);
+            let (got, sf) = logits(&full, &kv, &toks);
+            assert_eq!((so.used, so.evicted), (sf.used, sf.evicted), "{name}");
+            let d = max_rel_diff(&got, &want);
+            assert!(d < 5e-3, "{name}: full-rank latents differ by {d}");
+        }
+        // A byte budget buys latent slots: twice as many at half rank as at full.
+        let bytes = |p: &Path| {
+            let kv = KvOptions {
+                budget: Some(KvBudget::Bytes(200_000)),
+                policy: KvPolicy::Window,
+                ..KvOptions::default()
+            };
+            let model = Arc::new(LlamaModel::open(p).unwrap());
+            CpuForward::new(model, 512, 32, &kv).unwrap().kv_stats()
+        };
+        let (h, o) = (bytes(&half), bytes(&orig));
+        assert!(
+            h.kv_bytes + h.aux_bytes <= 200_000 && h.slots > o.slots * 19 / 10,
+            "{h:?} vs {o:?}"
+        );
+        for p in [orig, half, full] {
+            std::fs::remove_file(p).ok();
+        }
+    }
+
+    /// Rewrite `src` to `dst` with metadata `drop_key` removed and tensor `shrink` cut to
+    /// one row.
+    fn corrupt(
+        src: &Path,
+        dst: &Path,
+        drop_key: Option<&str>,
+        shrink: Option<&str>,
+        drop_tensor: Option<&str>,
+    ) {
+        let f = GgufFile::open(src).unwrap();
+        let mut w = GgufWriter::new();
+        for (k, v) in f.metadata() {
+            if Some(k.as_str()) != drop_key {
+                w.set(k.clone(), v.clone());
+            }
+        }
+        for t in f.tensors() {
+            if Some(t.name.as_str()) == drop_tensor {
+                continue;
+            }
+            let data = f.tensor_data(t).to_vec();
+            if Some(t.name.as_str()) == shrink {
+                let row = data.len() / t.dims[1] as usize;
+                w.add_tensor(t.name.clone(), t.ty, &[t.dims[0], 1], data[..row].to_vec())
+                    .unwrap();
+            } else {
+                w.add_tensor(t.name.clone(), t.ty, &t.dims, data).unwrap();
+            }
+        }
+        w.write_file(dst).unwrap();
+    }
+
+    /// Broken files fail at load with the key or tensor at fault; a file with factors is
+    /// not a llama/qwen2 file (a build without low-rank support refuses it), and the gpu
+    /// device, which has no latent kernels yet, refuses it by name.
+    #[test]
+    fn broken_or_unsupported_low_rank_files_are_refused_clearly() {
+        let orig = synth("broken", Arch::Llama);
+        let lr = compress(&orig, "broken-lr", 0.5, "all", None);
+        let arch = GgufFile::open(&lr)
+            .unwrap()
+            .header()
+            .get_str("general.architecture")
+            .unwrap()
+            .to_string();
+        assert_eq!(arch, LOWRANK_ARCH);
+        assert!(Arch::ALL.iter().all(|a| a.name() != arch));
+        let bad = temp("broken-bad.gguf");
+        let err = |p: &Path| match LlamaModel::open(p) {
+            Ok(_) => panic!("a broken file loaded"),
+            Err(e) => e.to_string(),
+        };
+        corrupt(&lr, &bad, Some("kvedge.lowrank.k_ranks"), None, None);
+        let e = err(&bad);
+        assert!(
+            e.contains("kvedge.lowrank.k_ranks") && e.contains("missing"),
+            "{e}"
+        );
+        corrupt(
+            &lr,
+            &bad,
+            Some("kvedge.lowrank.base_architecture"),
+            None,
+            None,
+        );
+        let e = err(&bad);
+        assert!(e.contains("kvedge.lowrank.base_architecture"), "{e}");
+        corrupt(&lr, &bad, None, Some("blk.1.attn_v_lr_up.weight"), None);
+        let e = err(&bad);
+        assert!(
+            e.contains("blk.1.attn_v_lr_up.weight") && e.contains("expected shape"),
+            "{e}"
+        );
+        corrupt(&lr, &bad, None, None, Some("blk.0.attn_k_lr_down.weight"));
+        let e = err(&bad);
+        assert!(e.contains("blk.0.attn_k_lr_down.weight"), "{e}");
+        let gpu = Model::load(&lr, &LoadOptions::default(), &mut |_, _| {});
+        match gpu {
+            Err(ModelError::Runtime(e)) => assert!(e.to_string().contains("cpu device"), "{e}"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("the gpu device took a low-rank file"),
+        }
+        // The same file runs its original projections when asked: the original logits.
+        let off = LoadOptions {
+            device: Device::Cpu,
+            ignore_lowrank: true,
+            ..LoadOptions::default()
+        };
+        assert!(Model::load(&lr, &off, &mut |_, _| {}).is_ok());
+        let mut plain = LlamaModel::open(&lr).unwrap();
+        plain.lowrank = None;
+        let mut f = CpuForward::new(Arc::new(plain), 64, 32, &KvOptions::default()).unwrap();
+        let toks = tokens(40);
+        let model = Arc::new(LlamaModel::open(&orig).unwrap());
+        let mut g = CpuForward::new(model, 64, 32, &KvOptions::default()).unwrap();
+        assert_eq!(f.forward(&toks).unwrap(), g.forward(&toks).unwrap());
+        for p in [orig, lr, bad] {
+            std::fs::remove_file(p).ok();
+        }
+    }
 }

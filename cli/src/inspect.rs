@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use kvedge_models::{check_tensors, HParams, RopeScaling};
+use kvedge_models::{check_tensors, HParams, LowRank, RopeScaling};
 use kvedge_runtime::gguf::GgufFile;
+use kvedge_runtime::kv::KvType;
 
 fn mib(b: f64) -> String {
     if b >= 1024.0 * 1024.0 * 1024.0 {
@@ -124,6 +125,33 @@ pub fn run(path: &Path, list_tensors: bool) -> Result<(), Box<dyn std::error::Er
                 hp.n_ctx_train,
                 mib(per_tok * hp.n_ctx_train as f64)
             );
+            match LowRank::from_gguf(&file, &hp) {
+                Ok(Some(lr)) => {
+                    let pos = lr.position_bytes_per_token();
+                    println!("low-rank KV (Palu latents, kvedge compress):");
+                    println!("  {}", lr.describe());
+                    println!("  K ranks per layer: {:?}", lr.k_ranks);
+                    println!("  V ranks per layer: {:?}", lr.v_ranks);
+                    for ty in [KvType::F16, KvType::Q8, KvType::Q4] {
+                        if lr
+                            .k_ranks
+                            .iter()
+                            .chain(&lr.v_ranks)
+                            .all(|&r| ty.supports(r))
+                        {
+                            let l = lr.latent_bytes_per_token(ty, ty);
+                            println!(
+                                "  per token ({:3}):   {} bytes latents + {pos} positions ({:.1}% of the f16 cache)",
+                                ty.name(),
+                                l,
+                                100.0 * (l + pos) as f64 / per_tok
+                            );
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => println!("low-rank KV:     FAILED: {e}"),
+            }
         }
         Err(e) => println!("hyperparameters: not available: {e}"),
     }

@@ -52,7 +52,12 @@ pub fn whitener(gram: &Mat<f64>) -> Result<Mat<f64>, String> {
 }
 
 /// The SVD of `w` (n_out × d, row-major f32), times `l` when whitening.
-pub fn spectrum(w: &[f32], n_out: usize, d: usize, l: Option<&Mat<f64>>) -> Result<Spectrum, String> {
+pub fn spectrum(
+    w: &[f32],
+    n_out: usize,
+    d: usize,
+    l: Option<&Mat<f64>>,
+) -> Result<Spectrum, String> {
     let w = Mat::from_fn(n_out, d, |i, j| w[i * d + j] as f64);
     let m = match l {
         Some(l) => &w * l,
@@ -247,7 +252,9 @@ mod tests {
             let noise = random(&mut rng, d);
             let x: Vec<f64> = (0..d)
                 .map(|j| {
-                    (0..6).map(|k| c[k] as f64 * basis[k * d + j] as f64).sum::<f64>()
+                    (0..6)
+                        .map(|k| c[k] as f64 * basis[k * d + j] as f64)
+                        .sum::<f64>()
                         + 0.01 * noise[j] as f64
                 })
                 .collect();
@@ -259,12 +266,17 @@ mod tests {
         }
         let l = whitener(&gram).unwrap();
         let plain = spectrum(&w, n_out, d, None).unwrap().factors(r, None);
-        let white = spectrum(&w, n_out, d, Some(&l)).unwrap().factors(r, Some(&l));
+        let white = spectrum(&w, n_out, d, Some(&l))
+            .unwrap()
+            .factors(r, Some(&l));
         let (ep, ew) = (
             residual(&w, &plain, n_out, d, Some(&l)),
             residual(&w, &white, n_out, d, Some(&l)),
         );
-        assert!(ew < 0.5 * ep, "whitened {ew} vs plain {ep} on the calibration inputs");
+        assert!(
+            ew < 0.5 * ep,
+            "whitened {ew} vs plain {ep} on the calibration inputs"
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! - `kvedge run -p PROMPT`: stream a completion; `kvedge chat`: multi-turn chat.
 
 mod bench;
-mod compress;
 mod bench_model;
+mod compress;
 mod devices;
 mod eval;
 mod generate;

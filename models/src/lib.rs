@@ -15,7 +15,7 @@ mod tensors;
 
 pub use error::ModelError;
 pub use hparams::{Arch, HParams, RopeScaling, TokenizerInfo};
-pub use memory::{MemoryReport, MemoryReservation};
 pub use lowrank::LowRank;
+pub use memory::{MemoryReport, MemoryReservation};
 pub use model::{Device, LoadOptions, Model, SessionConfig};
 pub use tensors::check_tensors;

@@ -68,7 +68,12 @@ fn bad(file: &GgufFile, key: &str, expected: &str, got: impl ToString) -> ModelE
     }
 }
 
-fn ranks(file: &GgufFile, key: &str, n_layers: usize, max: usize) -> Result<Vec<usize>, ModelError> {
+fn ranks(
+    file: &GgufFile,
+    key: &str,
+    n_layers: usize,
+    max: usize,
+) -> Result<Vec<usize>, ModelError> {
     let want = format!("an array of {n_layers} ranks (u32), each in 1..={max}");
     let got: Vec<u64> = match file.header().get(key).and_then(MetaValue::as_array) {
         Some(MetaArray::U32(v)) => v.iter().map(|&r| r as u64).collect(),
@@ -188,7 +193,11 @@ impl LowRank {
             span(&self.k_ranks),
             span(&self.v_ranks),
             self.rank_ratio,
-            if self.whitened { "whitened" } else { "plain SVD" },
+            if self.whitened {
+                "whitened"
+            } else {
+                "plain SVD"
+            },
             self.rank_alloc
         )
     }

@@ -12,8 +12,9 @@
 use std::sync::Arc;
 
 use super::cpu_attention::{self, ScoreSink};
-use super::cpu_lowrank::{self, Latents, Rebuild};
+use super::cpu_lowrank::{self, Latents};
 use kvedge_runtime::gguf::TensorInfo;
+use kvedge_runtime::kernels::lowrank_rebuild::{self, RebuildShape};
 use kvedge_runtime::kernels::{
     add, embed, hadamard, kv_compact, kv_select, kv_store, rmsnorm, rope, silu_mul,
 };
@@ -158,8 +159,8 @@ impl CpuForward {
         let mut kv = kv.clone();
         if let (Some(lr), Some(KvBudget::Bytes(b))) = (&model.lowrank, kv.budget) {
             // A byte budget buys latent slots: latents plus their positions.
-            let per = lr.latent_bytes_per_token(kv.k_type, kv.v_type)
-                + lr.position_bytes_per_token();
+            let per =
+                lr.latent_bytes_per_token(kv.k_type, kv.v_type) + lr.position_bytes_per_token();
             kv.budget = Some(KvBudget::Tokens((b / per) as usize));
         }
         let mut plan = KvPlan::new(&kv, model.kv_geometry(), context, chunk)?;
@@ -174,12 +175,20 @@ impl CpuForward {
             None => None,
         };
         let store: Vec<_> = (0..hp.n_layers)
-            .map(|l| latents.as_ref().map_or((cfg, cfg), |lt| lt.configs(l, &cfg)))
+            .map(|l| {
+                latents
+                    .as_ref()
+                    .map_or((cfg, cfg), |lt| lt.configs(l, &cfg))
+            })
             .collect();
         for (k, v) in &store {
             for (ty, width) in [(k.k_type, k.head_dim), (v.v_type, v.head_dim)] {
                 if !ty.supports(width) {
-                    let what = if latents.is_some() { "latent rank" } else { "head dim" };
+                    let what = if latents.is_some() {
+                        "latent rank"
+                    } else {
+                        "head dim"
+                    };
                     return Err(ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(
                         format!(
                             "KV type {} cannot store {what} {width} (f16 needs it even, q8/q4 a multiple of 32)",
@@ -199,8 +208,14 @@ impl CpuForward {
             model,
             cfg,
             plan,
-            kc: store.iter().map(|(k, _)| vec![0; k.k_layer_words()]).collect(),
-            vc: store.iter().map(|(_, v)| vec![0; v.v_layer_words()]).collect(),
+            kc: store
+                .iter()
+                .map(|(k, _)| vec![0; k.k_layer_words()])
+                .collect(),
+            vc: store
+                .iter()
+                .map(|(_, v)| vec![0; v.v_layer_words()])
+                .collect(),
             slot_pos: match &latents {
                 Some(lt) => vec![vec![0; lt.lr.n_groups * cfg.capacity]; hp.n_layers],
                 None => Vec::new(),
@@ -258,7 +273,11 @@ impl CpuForward {
             kv_bytes: self.kv_bytes(),
             // Scores, and the latents' positions.
             aux_bytes: self.scores.iter().map(|s| s.len() as u64 * 4).sum::<u64>()
-                + self.slot_pos.iter().map(|p| p.len() as u64 * 4).sum::<u64>(),
+                + self
+                    .slot_pos
+                    .iter()
+                    .map(|p| p.len() as u64 * 4)
+                    .sum::<u64>(),
         }
     }
 
@@ -327,9 +346,19 @@ impl CpuForward {
         matmul_rows(t, f.tensor_data(t), x, m, self.threads)
     }
 
+    /// Run `tokens` at the next positions like [`Self::forward`], for the cache and the
+    /// observer only: no output projection, no logits.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<(), ModelError> {
+        self.run(tokens, false).map(|_| ())
+    }
+
     /// Run `tokens` at the next positions, chunk by chunk; returns the logits of every
     /// token ([tokens.len()][n_vocab]).
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        self.run(tokens, true)
+    }
+
+    fn run(&mut self, tokens: &[u32], logits: bool) -> Result<Vec<f32>, ModelError> {
         let m = tokens.len();
         if m == 0 || (!self.plan.evicts() && self.used + m > self.cfg.capacity) {
             return Err(ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(
@@ -345,12 +374,12 @@ impl CpuForward {
             if !oneshot && self.plan.evicts() && self.used + chunk.len() > self.cfg.capacity {
                 self.evict()?;
             }
-            out.extend(self.run_chunk(chunk)?);
+            out.extend(self.run_chunk(chunk, logits)?);
         }
         Ok(out)
     }
 
-    fn run_chunk(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+    fn run_chunk(&mut self, tokens: &[u32], logits: bool) -> Result<Vec<f32>, ModelError> {
         let model = self.model.clone();
         let hp = &model.hp;
         let m = tokens.len();
@@ -467,24 +496,39 @@ impl CpuForward {
                         })
                     };
                     let (kb, vb) = (bias("attn_k.bias")?, bias("attn_v.bias")?);
-                    let kr = Rebuild {
-                        lat_cfg: &kst,
+                    let kshape = RebuildShape {
+                        latent: kst,
                         ty: kst.k_type,
-                        latents: kc,
-                        up: lt.up(l, false),
-                        bias: kb.as_deref(),
-                        rope: Some((slot_pos, model.rope(hp.n_kv_heads))),
+                        full: acfg,
+                        rope: Some(model.rope(1)),
                     };
-                    cpu_lowrank::rebuild(&kr, &acfg, n_slots, &mut k_full, threads)?;
-                    let vr = Rebuild {
-                        lat_cfg: &vst,
+                    let (up_k, up_v) = (lt.up(l, false), lt.up(l, true));
+                    lowrank_rebuild::reference(
+                        &kshape,
+                        kc,
+                        up_k,
+                        kb.as_deref(),
+                        slot_pos,
+                        &mut k_full,
+                        n_slots,
+                        threads,
+                    )?;
+                    let vshape = RebuildShape {
+                        latent: vst,
                         ty: vst.v_type,
-                        latents: vc,
-                        up: lt.up(l, true),
-                        bias: vb.as_deref(),
                         rope: None,
+                        ..kshape
                     };
-                    cpu_lowrank::rebuild(&vr, &acfg, n_slots, &mut v_full, threads)?;
+                    lowrank_rebuild::reference(
+                        &vshape,
+                        vc,
+                        up_v,
+                        vb.as_deref(),
+                        slot_pos,
+                        &mut v_full,
+                        n_slots,
+                        threads,
+                    )?;
                     head_scores = vec![0.0f32; acfg.n_kv_heads * acfg.capacity];
                     (acfg, &k_full, &v_full)
                 } else {
@@ -608,7 +652,11 @@ impl CpuForward {
             add::reference(&mut x, &d);
         }
         let xn = rmsnorm::reference(&x, &model.vector("output_norm.weight")?, e, hp.rms_eps);
-        let logits = self.proj(model.output_name(), &xn, m)?;
+        let logits = if logits {
+            self.proj(model.output_name(), &xn, m)?
+        } else {
+            Vec::new()
+        };
         if oneshot {
             self.count_eviction(self.used + m);
         } else {

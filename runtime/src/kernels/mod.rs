@@ -19,6 +19,7 @@ pub mod hadamard;
 pub mod kv_compact;
 pub mod kv_select;
 pub mod kv_store;
+pub mod lowrank_rebuild;
 pub mod matmul;
 pub mod matvec;
 pub mod rmsnorm;
