@@ -10,8 +10,8 @@ struct Params {
     capacity: u32,
     slot0: u32,
     grid_x: u32,
+    v_dim: u32, // V rows' width (head_dim, or a Palu latent rank)
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> k: array<f32>;
@@ -32,5 +32,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let src = (t * p.n_kv_heads + h) * hd;
     let slot = h * p.capacity + p.slot0 + t;
     k_store(slot * k_row_words(hd), src, hd);
-    v_store(slot * v_row_words(hd), src, hd);
+    let vd = p.v_dim;
+    v_store(slot * v_row_words(vd), (t * p.n_kv_heads + h) * vd, vd);
 }

@@ -33,8 +33,8 @@ pub struct ModelArgs {
     /// policy, the context with the full cache)
     #[arg(long)]
     pub kv_fit: bool,
-    /// With a file from `kvedge compress`: on stores Palu latents in the KV cache (cpu
-    /// device), off runs the original K/V projections from the same file
+    /// With a file from `kvedge compress`: on stores Palu latents in the KV cache, off
+    /// runs the original K/V projections from the same file
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub kv_lowrank: String,
     #[command(flatten)]

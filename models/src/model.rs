@@ -170,13 +170,6 @@ impl Model {
         if opts.ignore_lowrank {
             llama.lowrank = None;
         }
-        if llama.lowrank.is_some() && opts.device == Device::Gpu {
-            return Err(ModelError::Runtime(Error::InvalidArgument(format!(
-                "{}: low-rank KV latents (Palu) run on the cpu device in this build: \
-                 pass --device cpu, or --kv-lowrank off to run the original projections",
-                llama.file.name()
-            ))));
-        }
         let llama = Arc::new(llama);
         let tokenizer = Arc::new(Tokenizer::from_gguf(&llama.file)?);
         if tokenizer.n_vocab() != llama.hp.n_vocab {

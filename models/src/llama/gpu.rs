@@ -11,26 +11,40 @@ use kvedge_runtime::gpu::{GpuContext, GpuMatrix};
 use kvedge_runtime::kernels::attention::Selection;
 use kvedge_runtime::kernels::attn_score::{self, ScoreRange};
 use kvedge_runtime::kernels::kv_select;
+use kvedge_runtime::kernels::lowrank_rebuild::{self, RebuildShape};
 use kvedge_runtime::kernels::{
     add, attention, embed, hadamard, kv_store, matmul, matvec, rmsnorm, rope, silu_mul,
 };
-use kvedge_runtime::kv::{KvCache, KvOptions, KvPlan, KvPolicy, TidalRole};
+use kvedge_runtime::kv::{
+    KvCache, KvCacheConfig, KvOptions, KvPlan, KvPolicy, KvType, LayerView, TidalRole,
+};
 use kvedge_runtime::{wgpu, Error};
 
 use super::LlamaModel;
+use crate::lowrank::factor_names;
 use crate::{MemoryReservation, ModelError};
 
 struct GpuLayer {
-    attn_norm: wgpu::Buffer,         // [n_embd]
-    wq: GpuMatrix,                   // [n_heads * head_dim rows][n_embd]
-    wk: GpuMatrix,                   // [n_kv_heads * head_dim][n_embd]
-    wv: GpuMatrix,                   // [n_kv_heads * head_dim][n_embd]
+    attn_norm: wgpu::Buffer, // [n_embd]
+    wq: GpuMatrix,           // [n_heads * head_dim rows][n_embd]
+    wk: Option<GpuMatrix>,   // [n_kv_heads * head_dim][n_embd]; None with latents
+    wv: Option<GpuMatrix>,   // [n_kv_heads * head_dim][n_embd]; None with latents
+    lowrank: Option<GpuLowRank>,
     bias: Option<[wgpu::Buffer; 3]>, // q, k, v biases (qwen2)
     wo: GpuMatrix,                   // [n_embd][n_heads * head_dim]
     ffn_norm: wgpu::Buffer,          // [n_embd]
     gate: GpuMatrix,                 // [n_ff][n_embd]
     up: GpuMatrix,                   // [n_ff][n_embd]
     down: GpuMatrix,                 // [n_embd][n_ff]
+}
+
+/// A layer's Palu factors (see `crate::lowrank`): the down-projections as matrices, the
+/// up-projections as f32 for `lowrank_rebuild`.
+struct GpuLowRank {
+    k_down: GpuMatrix,  // [n_groups * r_k][n_embd]
+    v_down: GpuMatrix,  // [n_groups * r_v][n_embd]
+    k_up: wgpu::Buffer, // [n_kv_heads * head_dim][r_k]
+    v_up: wgpu::Buffer, // [n_kv_heads * head_dim][r_v]
 }
 
 /// The model's weights on the GPU (immutable, shareable by sessions).
@@ -67,14 +81,34 @@ impl GpuWeights {
         let vector = |name: &str| -> Result<wgpu::Buffer, ModelError> {
             Ok(ctx.upload(name, &model.vector(name)?)?)
         };
+        let lowrank = model.lowrank.is_some();
         let mut layers = Vec::with_capacity(model.hp.n_layers);
         for l in 0..model.hp.n_layers {
             let b = |n: &str| format!("blk.{l}.{n}");
             layers.push(GpuLayer {
                 attn_norm: vector(&b("attn_norm.weight"))?,
                 wq: matrix(&b("attn_q.weight"))?,
-                wk: matrix(&b("attn_k.weight"))?,
-                wv: matrix(&b("attn_v.weight"))?,
+                wk: match lowrank {
+                    true => None,
+                    false => Some(matrix(&b("attn_k.weight"))?),
+                },
+                wv: match lowrank {
+                    true => None,
+                    false => Some(matrix(&b("attn_v.weight"))?),
+                },
+                lowrank: match lowrank {
+                    true => {
+                        let (kd, ku) = factor_names(l, false);
+                        let (vd, vu) = factor_names(l, true);
+                        Some(GpuLowRank {
+                            k_down: matrix(&kd)?,
+                            v_down: matrix(&vd)?,
+                            k_up: vector(&ku)?,
+                            v_up: vector(&vu)?,
+                        })
+                    }
+                    false => None,
+                },
                 bias: if model.hp.arch.qkv_bias() {
                     Some([
                         vector(&b("attn_q.bias"))?,
@@ -113,10 +147,18 @@ impl GpuWeights {
             + self.output_norm.size();
         for l in &self.layers {
             n += l.attn_norm.size() + l.ffn_norm.size();
-            n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+            n += [&l.wq, &l.wo, &l.gate, &l.up, &l.down]
                 .iter()
                 .map(|m| m.bytes())
                 .sum::<u64>();
+            n += [&l.wk, &l.wv]
+                .iter()
+                .flat_map(|m| m.iter())
+                .map(|m| m.bytes())
+                .sum::<u64>();
+            n += l.lowrank.as_ref().map_or(0, |f| {
+                f.k_down.bytes() + f.v_down.bytes() + f.k_up.size() + f.v_up.size()
+            });
             n += l
                 .bias
                 .as_ref()
@@ -162,6 +204,24 @@ enum Logits {
     All,
 }
 
+/// A session's Palu latent cache: per layer the K and V latents (groups of KV heads as
+/// "heads" of the latent width, in the session's K/V storage types), each slot's position,
+/// and one layer's f16 K and V that `lowrank_rebuild` fills before the layer's attention.
+struct GpuLatents {
+    cfgs: Vec<(KvCacheConfig, KvCacheConfig)>,
+    k: Vec<wgpu::Buffer>,
+    v: Vec<wgpu::Buffer>,
+    /// [n_groups][capacity]: slot j holds position j (no eviction on this device yet).
+    pos: wgpu::Buffer,
+    /// The rebuilt layer's layout (all KV heads, f16) and its buffers.
+    full: KvCacheConfig,
+    scratch_k: wgpu::Buffer,
+    scratch_v: wgpu::Buffer,
+    /// This chunk's latents, [chunk][n_groups * rank].
+    hk: wgpu::Buffer,
+    hv: wgpu::Buffer,
+}
+
 /// A session's GPU state: KV cache and scratch, driven over shared weights.
 pub struct GpuForward {
     ctx: Arc<GpuContext>,
@@ -171,6 +231,7 @@ pub struct GpuForward {
     chunk: usize,
     s: Scratch,
     tidal: Option<TidalBuffers>,
+    latents: Option<GpuLatents>,
     /// [rows][n_vocab] logits of every token, allocated on first use by `forward_all`.
     logits_all: Option<(wgpu::Buffer, usize)>,
     /// This session's share of the model's GPU memory cap, released on drop.
@@ -199,15 +260,86 @@ impl GpuForward {
                 "chunk and context must be positive".into(),
             )));
         }
-        if model.lowrank.is_some() {
-            return Err(ModelError::Runtime(Error::InvalidArgument(
-                "low-rank KV latents (Palu) run on the cpu device in this build".into(),
-            )));
-        }
-        let plan = KvPlan::new(kv, model.kv_geometry(), context, chunk)?;
+        let mut plan = KvPlan::new(kv, model.kv_geometry(), context, chunk)?;
         let chunk = chunk.min(plan.max_chunk());
-        let kv = KvCache::new(&ctx, model.kv_geometry(), plan)?;
         let f = |name: &str, n: usize| ctx.storage_f32(name, n);
+        let (kv, latents) = match &model.lowrank {
+            None => (KvCache::new(&ctx, model.kv_geometry(), plan)?, None),
+            Some(lr) => {
+                if plan.evicts() {
+                    return Err(ModelError::Runtime(Error::InvalidArgument(format!(
+                        "Palu latents on the gpu device run with the full cache (policy full, \
+                         optionally TidalDecode); policy '{}' over latents runs on the cpu device",
+                        plan.policy.name()
+                    ))));
+                }
+                // Rotating latents is folded into the factors (`kvedge compress --hadamard`).
+                plan.hadamard = false;
+                let full = KvCacheConfig {
+                    k_type: KvType::F16,
+                    v_type: KvType::F16,
+                    ..plan.cache_config(model.kv_geometry())
+                };
+                let cap = full.capacity;
+                let cfgs: Vec<_> = (0..hp.n_layers)
+                    .map(|l| {
+                        let at = |r: usize| KvCacheConfig {
+                            n_layers: 1,
+                            n_kv_heads: lr.n_groups,
+                            head_dim: r,
+                            k_type: plan.k_type,
+                            v_type: plan.v_type,
+                            capacity: cap,
+                        };
+                        (at(lr.k_ranks[l]), at(lr.v_ranks[l]))
+                    })
+                    .collect();
+                for (kc, vc) in &cfgs {
+                    for (ty, r) in [(kc.k_type, kc.head_dim), (vc.v_type, vc.head_dim)] {
+                        if !ty.supports(r) {
+                            return Err(ModelError::Runtime(Error::InvalidArgument(format!(
+                                "KV type {} cannot store latent rank {r} (f16 needs it even, \
+                                 q8/q4 a multiple of 32)",
+                                ty.name()
+                            ))));
+                        }
+                    }
+                }
+                if full.k_layer_words() as u64 * 4 > ctx.max_binding() {
+                    return Err(ModelError::Runtime(Error::TooLarge {
+                        what: format!("one layer's rebuilt K ({cap} slots)"),
+                        bytes: full.k_layer_words() as u64 * 4,
+                        limit: ctx.max_binding(),
+                        limit_name: "max_storage_buffer_binding_size",
+                    }));
+                }
+                let positions: Vec<u32> = (0..lr.n_groups).flat_map(|_| 0..cap as u32).collect();
+                let max_r = |r: &[usize]| r.iter().copied().max().unwrap_or(0);
+                let lat = GpuLatents {
+                    k: cfgs
+                        .iter()
+                        .enumerate()
+                        .map(|(l, (c, _))| f(&format!("kv.latent.k.{l}"), c.k_layer_words()))
+                        .collect::<Result<_, _>>()?,
+                    v: cfgs
+                        .iter()
+                        .enumerate()
+                        .map(|(l, (_, c))| f(&format!("kv.latent.v.{l}"), c.v_layer_words()))
+                        .collect::<Result<_, _>>()?,
+                    cfgs,
+                    pos: ctx.upload("kv.latent.pos", &positions)?,
+                    full,
+                    scratch_k: f("kv.rebuilt.k", full.k_layer_words())?,
+                    scratch_v: f("kv.rebuilt.v", full.v_layer_words())?,
+                    hk: f("latent.k", chunk * lr.n_groups * max_r(&lr.k_ranks))?,
+                    hv: f("latent.v", chunk * lr.n_groups * max_r(&lr.v_ranks))?,
+                };
+                let kv_bytes: u64 = lat.k.iter().chain(&lat.v).map(|b| b.size()).sum();
+                let aux = lat.pos.size() + lat.scratch_k.size() + lat.scratch_v.size();
+                let kv = KvCache::counters(model.kv_geometry(), plan, kv_bytes, aux)?;
+                (kv, Some(lat))
+            }
+        };
         let (e, qd, kvd) = (
             hp.n_embd,
             hp.n_heads * hp.head_dim,
@@ -249,6 +381,7 @@ impl GpuForward {
             chunk,
             s,
             tidal,
+            latents,
             logits_all: None,
             _memory: None,
         })
@@ -397,28 +530,96 @@ impl GpuForward {
         for (l, lw) in w.layers.iter().enumerate() {
             rmsnorm::record(ctx, &mut enc, &s.x, &lw.attn_norm, &s.xn, e, m, hp.rms_eps)?;
             self.proj(&mut enc, &lw.wq, &s.xn, &s.q, m)?;
-            self.proj(&mut enc, &lw.wk, &s.xn, &s.k, m)?;
-            self.proj(&mut enc, &lw.wv, &s.xn, &s.v, m)?;
-            if let Some([bq, bk, bv]) = &lw.bias {
+            if let Some([bq, _, _]) = &lw.bias {
                 add::record(ctx, &mut enc, &s.q, bq, m * qd, qd)?;
-                add::record(ctx, &mut enc, &s.k, bk, m * kvd, kvd)?;
-                add::record(ctx, &mut enc, &s.v, bv, m * kvd, kvd)?;
             }
             rope::record(ctx, &mut enc, &s.q, &s.pos, m, &rope_q)?;
-            rope::record(ctx, &mut enc, &s.k, &s.pos, m, &rope_k)?;
             let rotate = self.kv.plan.hadamard;
-            if rotate {
-                hadamard::record(ctx, &mut enc, &s.q, m * hp.n_heads, hp.head_dim)?;
-                hadamard::record(ctx, &mut enc, &s.k, m * hp.n_kv_heads, hp.head_dim)?;
-                hadamard::record(ctx, &mut enc, &s.v, m * hp.n_kv_heads, hp.head_dim)?;
-            }
-            let view = if oneshot {
-                self.kv.stage_layer(&mut enc, l, m)?
+            let view = if let (Some(lat), Some(f)) = (&self.latents, &lw.lowrank) {
+                // Palu: store this chunk's latents, rebuild the layer's K and V from all
+                // of them, attend over the rebuilt layer.
+                let (kc, vc) = lat.cfgs[l];
+                self.proj(&mut enc, &f.k_down, &s.xn, &lat.hk, m)?;
+                self.proj(&mut enc, &f.v_down, &s.xn, &lat.hv, m)?;
+                kv_store::record_split(
+                    ctx,
+                    &mut enc,
+                    &kc,
+                    vc.head_dim,
+                    &lat.hk,
+                    &lat.hv,
+                    &lat.k[l],
+                    &lat.v[l],
+                    m,
+                    n_past,
+                )?;
+                let (bk, bv) = match &lw.bias {
+                    Some([_, bk, bv]) => (Some(bk), Some(bv)),
+                    None => (None, None),
+                };
+                let kshape = RebuildShape {
+                    latent: kc,
+                    ty: kc.k_type,
+                    full: lat.full,
+                    rope: Some(model.rope(1)),
+                };
+                let vshape = RebuildShape {
+                    latent: vc,
+                    ty: vc.v_type,
+                    rope: None,
+                    ..kshape
+                };
+                let n = n_past + m;
+                let (sk, sv) = (&lat.scratch_k, &lat.scratch_v);
+                lowrank_rebuild::record(
+                    ctx, &mut enc, &kshape, &lat.k[l], &f.k_up, bk, &lat.pos, sk, n,
+                )?;
+                lowrank_rebuild::record(
+                    ctx, &mut enc, &vshape, &lat.v[l], &f.v_up, bv, &lat.pos, sv, n,
+                )?;
+                LayerView {
+                    cfg: lat.full,
+                    k: sk,
+                    v: sv,
+                    score: None,
+                }
             } else {
-                self.kv.layer(l)
+                let missing = || Error::InvalidArgument("K/V projections not uploaded".into());
+                self.proj(
+                    &mut enc,
+                    lw.wk.as_ref().ok_or_else(missing)?,
+                    &s.xn,
+                    &s.k,
+                    m,
+                )?;
+                self.proj(
+                    &mut enc,
+                    lw.wv.as_ref().ok_or_else(missing)?,
+                    &s.xn,
+                    &s.v,
+                    m,
+                )?;
+                if let Some([_, bk, bv]) = &lw.bias {
+                    add::record(ctx, &mut enc, &s.k, bk, m * kvd, kvd)?;
+                    add::record(ctx, &mut enc, &s.v, bv, m * kvd, kvd)?;
+                }
+                rope::record(ctx, &mut enc, &s.k, &s.pos, m, &rope_k)?;
+                if rotate {
+                    hadamard::record(ctx, &mut enc, &s.q, m * hp.n_heads, hp.head_dim)?;
+                    hadamard::record(ctx, &mut enc, &s.k, m * hp.n_kv_heads, hp.head_dim)?;
+                    hadamard::record(ctx, &mut enc, &s.v, m * hp.n_kv_heads, hp.head_dim)?;
+                }
+                let view = if oneshot {
+                    self.kv.stage_layer(&mut enc, l, m)?
+                } else {
+                    self.kv.layer(l)
+                };
+                kv_store::record(
+                    ctx, &mut enc, &view.cfg, &s.k, &s.v, view.k, view.v, m, n_past,
+                )?;
+                view
             };
             let cfg = &view.cfg;
-            kv_store::record(ctx, &mut enc, cfg, &s.k, &s.v, view.k, view.v, m, n_past)?;
             let role = tidal.map_or(TidalRole::Dense, |(t, _)| t.role(l));
             let selection = match (role, tidal) {
                 (TidalRole::Sparse, Some((t, b))) => Some(Selection {

@@ -21,7 +21,9 @@ pub struct KvStoreParams {
     pub capacity: u32,
     pub slot0: u32,
     pub grid_x: u32,
-    pub _pad: [u32; 2],
+    /// Width of V's rows (equal to `head_dim` except for Palu latents).
+    pub v_dim: u32,
+    pub _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<KvStoreParams>() == 32);
 
@@ -39,6 +41,45 @@ pub fn record(
     n_tokens: usize,
     slot0: usize,
 ) -> Result<()> {
+    record_split(
+        ctx,
+        encoder,
+        cfg,
+        cfg.head_dim,
+        k,
+        v,
+        kc,
+        vc,
+        n_tokens,
+        slot0,
+    )
+}
+
+/// [`record`] with V rows `v_dim` wide instead of `cfg.head_dim` (Palu latents of
+/// different K and V ranks); `vc` is laid out with that width.
+#[allow(clippy::too_many_arguments)]
+pub fn record_split(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    cfg: &KvCacheConfig,
+    v_dim: usize,
+    k: &wgpu::Buffer,
+    v: &wgpu::Buffer,
+    kc: &wgpu::Buffer,
+    vc: &wgpu::Buffer,
+    n_tokens: usize,
+    slot0: usize,
+) -> Result<()> {
+    let vcfg = KvCacheConfig {
+        head_dim: v_dim,
+        ..*cfg
+    };
+    if !cfg.v_type.supports(v_dim) {
+        return Err(Error::InvalidArgument(format!(
+            "kv_store: V type {} cannot store rows of {v_dim}",
+            cfg.v_type.name()
+        )));
+    }
     if slot0 + n_tokens > cfg.capacity {
         return Err(Error::InvalidArgument(format!(
             "kv_store: slots {slot0}..{} exceed the capacity {}",
@@ -48,9 +89,9 @@ pub fn record(
     }
     let n = n_tokens * cfg.n_kv_heads * cfg.head_dim;
     need_f32("kv_store k", k, n)?;
-    need_f32("kv_store v", v, n)?;
+    need_f32("kv_store v", v, n_tokens * cfg.n_kv_heads * v_dim)?;
     need_f32("kv_store k cache", kc, cfg.k_layer_words())?;
-    need_f32("kv_store v cache", vc, cfg.v_layer_words())?;
+    need_f32("kv_store v cache", vc, vcfg.v_layer_words())?;
     let access = KvAccess {
         k: cfg.k_type,
         v: Some(cfg.v_type),
@@ -66,7 +107,8 @@ pub fn record(
         capacity: cfg.capacity as u32,
         slot0: slot0 as u32,
         grid_x: groups.0,
-        _pad: [0; 2],
+        v_dim: v_dim as u32,
+        _pad: 0,
     };
     let ub = ctx.uniform("kv_store.params", &params);
     let bg = ctx.bind("kv_store", &pipeline, &[k, v, kc, vc, &ub]);
@@ -108,11 +150,14 @@ mod tests {
     fn kv_store_matches_reference_for_every_type() {
         let Some(ctx) = test_context() else { return };
         let mut rng = SplitMix64::new(test_seed(321));
-        for (kt, vt, hd) in [
-            (KvType::F16, KvType::F16, 46),
-            (KvType::Q8, KvType::Q8, 64),
-            (KvType::Q4, KvType::Q4, 128),
-            (KvType::Q8, KvType::Q4, 96),
+        // (K type, V type, K width, V width): V rows of another width are Palu latents.
+        for (kt, vt, hd, vd) in [
+            (KvType::F16, KvType::F16, 46, 46),
+            (KvType::Q8, KvType::Q8, 64, 64),
+            (KvType::Q4, KvType::Q4, 128, 128),
+            (KvType::Q8, KvType::Q4, 96, 96),
+            (KvType::Q8, KvType::Q4, 64, 160),
+            (KvType::F16, KvType::F16, 46, 20),
         ] {
             let (nkv, n, slot0) = (3, 7, 5);
             let cfg = KvCacheConfig {
@@ -120,17 +165,22 @@ mod tests {
                 v_type: vt,
                 ..KvCacheConfig::f16(1, nkv, hd, slot0 + n + 2)
             };
+            let vcfg = KvCacheConfig {
+                head_dim: vd,
+                ..cfg
+            };
             let k = rng.vec_f32(n * nkv * hd, -3.0, 3.0);
-            let v = rng.vec_f32(n * nkv * hd, -1.0, 1.0);
+            let v = rng.vec_f32(n * nkv * vd, -1.0, 1.0);
             let (gk, gv) = (ctx.upload("k", &k).unwrap(), ctx.upload("v", &v).unwrap());
             let kc = ctx.storage_f32("kc", cfg.k_layer_words()).unwrap();
-            let vc = ctx.storage_f32("vc", cfg.v_layer_words()).unwrap();
+            let vc = ctx.storage_f32("vc", vcfg.v_layer_words()).unwrap();
             let mut enc = ctx.encoder("test");
-            record(ctx, &mut enc, &cfg, &gk, &gv, &kc, &vc, n, slot0).unwrap();
+            record_split(ctx, &mut enc, &cfg, vd, &gk, &gv, &kc, &vc, n, slot0).unwrap();
             ctx.submit_wait(enc).unwrap();
-            for (name, ty, x, buf) in [("K", kt, &k, &kc), ("V", vt, &v, &vc)] {
+            for (name, ty, x, buf, c) in [("K", kt, &k, &kc, cfg), ("V", vt, &v, &vc, vcfg)] {
+                let hd = c.head_dim;
                 let row = ty.row_words(hd);
-                let words = cfg.n_kv_heads * cfg.capacity * row;
+                let words = c.n_kv_heads * c.capacity * row;
                 let got: Vec<u32> = ctx
                     .read_f32(buf, words)
                     .unwrap()
@@ -138,11 +188,11 @@ mod tests {
                     .map(|f| f.to_bits())
                     .collect();
                 let mut want = vec![0u32; words];
-                reference(&cfg, ty, x, &mut want, n, slot0);
+                reference(&c, ty, x, &mut want, n, slot0);
                 let (mut flips, mut total) = (0usize, 0usize);
                 for h in 0..nkv {
                     for t in slot0..slot0 + n {
-                        let r = (h * cfg.capacity + t) * row;
+                        let r = (h * c.capacity + t) * row;
                         let (mut a, mut b) = (vec![0.0; hd], vec![0.0; hd]);
                         decode_row(ty, &got[r..r + row], &mut a);
                         decode_row(ty, &want[r..r + row], &mut b);

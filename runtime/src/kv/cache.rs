@@ -143,9 +143,36 @@ pub struct KvCache {
     position: usize,
     evicted: u64,
     evictions: u64,
+    /// For [`KvCache::counters`]: the (K/V, auxiliary) bytes its owner stores instead.
+    external: Option<(u64, u64)>,
 }
 
 impl KvCache {
+    /// Slot and position counters for `plan` without buffers, for a forward pass that
+    /// stores K and V its own way (Palu latents: `kv_bytes` of latents and `aux_bytes`
+    /// of positions and scratch, which the stats report). Its `layer` views are empty;
+    /// it cannot evict.
+    pub fn counters(geom: KvGeometry, plan: KvPlan, kv_bytes: u64, aux_bytes: u64) -> Result<Self> {
+        if plan.evicts() || plan.oneshot > 0 {
+            return Err(Error::InvalidArgument(
+                "a KV cache without buffers cannot evict".into(),
+            ));
+        }
+        Ok(Self {
+            config: plan.cache_config(geom),
+            plan,
+            k: Vec::new(),
+            v: Vec::new(),
+            ev: None,
+            staging: None,
+            used: 0,
+            position: 0,
+            evicted: 0,
+            evictions: 0,
+            external: Some((kv_bytes, aux_bytes)),
+        })
+    }
+
     /// A cache of `plan.slots` slots per layer and KV head.
     pub fn new(ctx: &GpuContext, geom: KvGeometry, plan: KvPlan) -> Result<Self> {
         let config = plan.cache_config(geom);
@@ -237,6 +264,7 @@ impl KvCache {
             position: 0,
             evicted: 0,
             evictions: 0,
+            external: None,
         })
     }
 
@@ -432,7 +460,7 @@ impl KvCache {
 
     /// Exact bytes of K and V on the device.
     pub fn kv_bytes(&self) -> u64 {
-        self.config.total_bytes()
+        self.external.map_or(self.config.total_bytes(), |e| e.0)
     }
 
     pub fn stats(&self) -> KvStats {
@@ -446,7 +474,8 @@ impl KvCache {
         }) + self
             .staging
             .as_ref()
-            .map_or(0, |st| st.k.size() + st.v.size() + st.score.size());
+            .map_or(0, |st| st.k.size() + st.v.size() + st.score.size())
+            + self.external.map_or(0, |e| e.1);
         KvStats {
             plan: self.plan.describe(),
             slots: self.config.capacity,
