@@ -5,8 +5,11 @@
 # NACL 20 %), on the cpu device. Writes OUT.md (one table, each row with the compress
 # command and the eval command) and keeps every sweep's own .md/.json/.svg under OUT.d/.
 #
-#   bash scripts/palu-results.sh [-m MODEL.gguf] [--ratios 1.0,0.5,0.3] [--stream 8192]
+#   bash scripts/palu-results.sh [-m MODEL.gguf] [--ratios 0.5,0.3,1.0] [--stream 4096]
 #        [--needle 1024,2048] [--depths 0,25,50,75,100] [--calib FILE] [-o OUT]
+#        [--methods full,q4,nacl] [--no-plain]
+#
+# --needle '' skips the needle rows; --no-plain skips the plain-SVD ablation.
 #
 # Calibration text (whitening) defaults to one essay that lies past the first tokens the
 # evaluations read (the essays are joined in name order; worked.txt comes last).
@@ -14,9 +17,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 model=models/cache/SmolLM2-135M-Instruct.Q4_1.gguf
-ratios=1.0,0.5,0.3 stream=8192 needle=1024,2048 depths=0,25,50,75,100
+ratios=0.5,0.3,1.0 stream=4096 needle=1024,2048 depths=0,25,50,75,100
 calib=models/cache/PaulGrahamEssays/worked.txt text=models/cache/PaulGrahamEssays
-out=docs/palu-smollm2 alloc=energy
+out=docs/palu-smollm2 alloc=energy methods=full,q4,nacl plain=yes
 while [ $# -gt 0 ]; do
   case "$1" in
     -m) model=$2; shift 2 ;;
@@ -26,6 +29,8 @@ while [ $# -gt 0 ]; do
     --depths) depths=$2; shift 2 ;;
     --calib) calib=$2; shift 2 ;;
     --rank-alloc) alloc=$2; shift 2 ;;
+    --methods) methods=$2; shift 2 ;;
+    --no-plain) plain=no; shift ;;
     -o) out=$2; shift 2 ;;
     *) echo "unknown argument '$1'" >&2; exit 2 ;;
   esac
@@ -51,9 +56,9 @@ add_rows() { # label, compress command, sweep prefix
 measure() { # label, file, compress command, tag, methods
   local p="$out.d/$4-ppl"
   "$kvedge" eval sweep --task ppl -m "$2" --device cpu --text "$text" --stream "$stream" \
-    --methods "$5" --budgets 20 -o "$p" > "$p.log" 2>&1 || { cat "$p.log"; exit 1; }
+    --methods "${5%-ppl-only}" --budgets 20 -o "$p" > "$p.log" 2>&1 || { cat "$p.log"; exit 1; }
   add_rows "$1" "$3" "$p"
-  if [ -n "$needle" ] && [ "$5" != full ]; then
+  if [ -n "$needle" ] && [ "$5" = "$methods" ]; then
     p="$out.d/$4-needle"
     "$kvedge" eval sweep --task needle -m "$2" --device cpu --lengths "$needle" \
       --depths "$depths" --seed 1 --methods full,nacl --budgets 20 -o "$p" > "$p.log" 2>&1 \
@@ -62,9 +67,12 @@ measure() { # label, file, compress command, tag, methods
   fi
 }
 
-# The uncompressed model's rows are in docs/kv-sweep-*-smollm2.md (same protocol).
+# The uncompressed model, same protocol (its needle rows: docs/kv-sweep-needle*-smollm2.md).
+measure "original" "$model" "(none)" original "$methods-ppl-only"
 IFS=, read -ra rs <<< "$ratios"
-for w in whitened plain; do
+kinds=whitened
+[ $plain = yes ] && kinds="whitened plain"
+for w in $kinds; do
   for r in "${rs[@]}"; do
     f=$work/$base-r$r-$w.gguf
     args=(--kv-rank-ratio "$r" --rank-alloc "$alloc" --latent-type q4 --hadamard)
@@ -74,9 +82,9 @@ for w in whitened plain; do
     log=$out.d/$base-r$r-$w.compress.txt
     "$kvedge" compress -m "$model" -o "$f" "${args[@]}" > "$log" 2>&1 || { cat "$log"; exit 1; }
     # Plain SVD only for perplexity with f16 latents: it is the ablation of whitening.
-    methods=full,q4,nacl
-    [ $w = plain ] && methods=full
-    measure "r $r $w" "$f" "$shown" "r$r-$w" "$methods"
+    m=$methods
+    [ $w = plain ] && m=full
+    measure "r $r $w" "$f" "$shown" "r$r-$w" "$m"
   done
 done
 {
