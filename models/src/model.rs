@@ -113,7 +113,7 @@ impl Forward for GpuForward {
         self.kv().kv_bytes()
     }
     fn kv_stats(&self) -> KvStats {
-        self.kv().stats()
+        GpuForward::kv_stats(self)
     }
     fn device(&self) -> String {
         self.device_name()
@@ -122,10 +122,7 @@ impl Forward for GpuForward {
 
 impl Forward for CpuForward {
     fn forward(&mut self, tokens: &[u32]) -> kvedge_runtime::Result<Vec<f32>> {
-        let n = tokens.len();
-        let vocab = self.n_vocab();
-        let all = CpuForward::forward(self, tokens).map_err(Error::from)?;
-        Ok(all[(n - 1) * vocab..].to_vec())
+        CpuForward::forward_last(self, tokens).map_err(Error::from)
     }
     fn forward_all(&mut self, tokens: &[u32]) -> kvedge_runtime::Result<Vec<f32>> {
         CpuForward::forward(self, tokens).map_err(Error::from)

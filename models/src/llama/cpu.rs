@@ -21,7 +21,7 @@ use kvedge_runtime::kernels::{
 use kvedge_runtime::kv::{
     KvBudget, KvCacheConfig, KvOptions, KvPlan, KvPolicy, KvStats, KvType, TidalRole,
 };
-use kvedge_runtime::quant::dequantize;
+use kvedge_runtime::quant::{dequantize, dot};
 
 use super::LlamaModel;
 use crate::lowrank::factor_names;
@@ -30,6 +30,14 @@ use crate::ModelError;
 /// Sees the normalized input of each layer's attention: (layer, [m][n_embd] rows, m).
 /// `kvedge compress` gathers its calibration statistics through it.
 pub type LayerObserver = Box<dyn FnMut(usize, &[f32], usize) + Send>;
+
+/// Which logits a call computes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Logits {
+    None,
+    Last,
+    All,
+}
 
 /// The reference forward pass with its own f16 KV cache.
 pub struct CpuForward {
@@ -60,20 +68,9 @@ pub struct CpuForward {
     observer: Option<LayerObserver>,
 }
 
-/// Dot product in f32 over 16 independent lanes, a shape the compiler vectorizes
-/// (a single running sum would serialize on the add latency).
+/// Dot product in f32 (`quant::dot::dot_f32`: 16 lanes, AVX2 where the CPU has it).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0.0f32; L];
-    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..L {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
+    dot::dot_f32(a, b)
 }
 
 /// `y[m][n] = x[m][k] · W[n][k]^T` with W read from the file, rows split over threads.
@@ -86,6 +83,9 @@ pub fn matmul_rows(
 ) -> Result<Vec<f32>, ModelError> {
     let (k, n) = (w.n_cols() as usize, w.n_rows() as usize);
     let row_bytes = bytes.len() / n.max(1);
+    if m == 1 && dot::fused(w.ty) && x.len() == k {
+        return matvec_rows(w.ty, bytes, row_bytes, x, n, threads);
+    }
     let mut y = vec![0.0f32; m * n];
     // Column-major result per thread, transposed after: each thread owns rows of W.
     let per = n.div_ceil(threads.max(1));
@@ -138,6 +138,34 @@ pub fn matmul_rows(
             }
         }
     }
+    Ok(y)
+}
+
+/// `y[n] = W[n][k] · x`, each row's blocks dotted with x without dequantizing it first
+/// (`quant::dot`), rows split over threads: the decode path.
+fn matvec_rows(
+    ty: kvedge_runtime::quant::GgmlType,
+    bytes: &[u8],
+    row_bytes: usize,
+    x: &[f32],
+    n: usize,
+    threads: usize,
+) -> Result<Vec<f32>, ModelError> {
+    let input = dot::DotInput::new(x);
+    let mut y = vec![0.0f32; n];
+    let per = n.div_ceil(threads.max(1)).max(1);
+    let input = &input;
+    std::thread::scope(|s| {
+        for (c, ys) in y.chunks_mut(per).enumerate() {
+            s.spawn(move || {
+                for (i, yi) in ys.iter_mut().enumerate() {
+                    let r = c * per + i;
+                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                    *yi = dot::dot_row(ty, row, input).unwrap_or(f32::NAN);
+                }
+            });
+        }
+    });
     Ok(y)
 }
 
@@ -265,7 +293,14 @@ impl CpuForward {
 
     pub fn kv_stats(&self) -> KvStats {
         KvStats {
-            plan: self.plan.describe(),
+            plan: match &self.latents {
+                Some(lt) => format!(
+                    "{}, Palu latents: {}",
+                    self.plan.describe(),
+                    lt.lr.describe()
+                ),
+                None => self.plan.describe(),
+            },
             slots: self.cfg.capacity,
             used: self.used,
             evicted: self.evicted,
@@ -349,16 +384,22 @@ impl CpuForward {
     /// Run `tokens` at the next positions like [`Self::forward`], for the cache and the
     /// observer only: no output projection, no logits.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<(), ModelError> {
-        self.run(tokens, false).map(|_| ())
+        self.run(tokens, Logits::None).map(|_| ())
+    }
+
+    /// Run `tokens` and return the logits of the last one ([n_vocab]): the output
+    /// projection runs for that token only.
+    pub fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        self.run(tokens, Logits::Last)
     }
 
     /// Run `tokens` at the next positions, chunk by chunk; returns the logits of every
     /// token ([tokens.len()][n_vocab]).
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
-        self.run(tokens, true)
+        self.run(tokens, Logits::All)
     }
 
-    fn run(&mut self, tokens: &[u32], logits: bool) -> Result<Vec<f32>, ModelError> {
+    fn run(&mut self, tokens: &[u32], logits: Logits) -> Result<Vec<f32>, ModelError> {
         let m = tokens.len();
         if m == 0 || (!self.plan.evicts() && self.used + m > self.cfg.capacity) {
             return Err(ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(
@@ -368,18 +409,23 @@ impl CpuForward {
                 ),
             )));
         }
-        let mut out = Vec::with_capacity(m * self.model.hp.n_vocab);
-        for chunk in tokens.chunks(self.chunk) {
+        let mut out = Vec::new();
+        let n_chunks = m.div_ceil(self.chunk);
+        for (i, chunk) in tokens.chunks(self.chunk).enumerate() {
             let oneshot = self.plan.evicts_oneshot(self.used, chunk.len());
             if !oneshot && self.plan.evicts() && self.used + chunk.len() > self.cfg.capacity {
                 self.evict()?;
             }
-            out.extend(self.run_chunk(chunk, logits)?);
+            let want = match logits {
+                Logits::Last if i + 1 < n_chunks => Logits::None,
+                l => l,
+            };
+            out.extend(self.run_chunk(chunk, want)?);
         }
         Ok(out)
     }
 
-    fn run_chunk(&mut self, tokens: &[u32], logits: bool) -> Result<Vec<f32>, ModelError> {
+    fn run_chunk(&mut self, tokens: &[u32], logits: Logits) -> Result<Vec<f32>, ModelError> {
         let model = self.model.clone();
         let hp = &model.hp;
         let m = tokens.len();
@@ -652,10 +698,10 @@ impl CpuForward {
             add::reference(&mut x, &d);
         }
         let xn = rmsnorm::reference(&x, &model.vector("output_norm.weight")?, e, hp.rms_eps);
-        let logits = if logits {
-            self.proj(model.output_name(), &xn, m)?
-        } else {
-            Vec::new()
+        let logits = match logits {
+            Logits::All => self.proj(model.output_name(), &xn, m)?,
+            Logits::Last => self.proj(model.output_name(), &xn[(m - 1) * e..], 1)?,
+            Logits::None => Vec::new(),
         };
         if oneshot {
             self.count_eviction(self.used + m);

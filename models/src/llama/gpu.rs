@@ -395,6 +395,15 @@ impl GpuForward {
         &self.kv
     }
 
+    /// The cache's statistics, naming the latents when the model has them.
+    pub fn kv_stats(&self) -> kvedge_runtime::kv::KvStats {
+        let mut st = self.kv.stats();
+        if let Some(lr) = &self.model.lowrank {
+            st.plan = format!("{}, Palu latents: {}", st.plan, lr.describe());
+        }
+        st
+    }
+
     /// Forget the context (keeps the allocations).
     pub fn reset(&mut self) {
         self.kv.clear();

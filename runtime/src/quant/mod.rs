@@ -9,6 +9,7 @@
 
 mod blocks;
 mod dequant;
+pub mod dot;
 mod random;
 mod types;
 
