@@ -7,9 +7,10 @@
 #
 #   bash scripts/palu-results.sh [-m MODEL.gguf] [--ratios 0.5,0.3,1.0] [--stream 4096]
 #        [--needle 1024,2048] [--depths 0,25,50,75,100] [--calib FILE] [-o OUT]
-#        [--methods full,q4,nacl] [--no-plain]
+#        [--methods full,q4,nacl] [--no-plain | --only-plain] [--no-original]
 #
-# --needle '' skips the needle rows; --no-plain skips the plain-SVD ablation.
+# --needle '' skips the needle rows; --no-plain skips the plain-SVD ablation, --only-plain
+# runs only it; --no-original skips the uncompressed model's rows.
 #
 # Calibration text (whitening) defaults to one essay that lies past the first tokens the
 # evaluations read (the essays are joined in name order; worked.txt comes last).
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 model=models/cache/SmolLM2-135M-Instruct.Q4_1.gguf
 ratios=0.5,0.3,1.0 stream=4096 needle=1024,2048 depths=0,25,50,75,100
 calib=models/cache/PaulGrahamEssays/worked.txt text=models/cache/PaulGrahamEssays
-out=docs/palu-smollm2 alloc=energy methods=full,q4,nacl plain=yes
+out=docs/palu-smollm2 alloc=energy methods=full,q4,nacl plain=yes original=yes
 while [ $# -gt 0 ]; do
   case "$1" in
     -m) model=$2; shift 2 ;;
@@ -30,7 +31,9 @@ while [ $# -gt 0 ]; do
     --calib) calib=$2; shift 2 ;;
     --rank-alloc) alloc=$2; shift 2 ;;
     --methods) methods=$2; shift 2 ;;
+    --no-original) original=no; shift ;;
     --no-plain) plain=no; shift ;;
+    --only-plain) plain=only; shift ;;
     -o) out=$2; shift 2 ;;
     *) echo "unknown argument '$1'" >&2; exit 2 ;;
   esac
@@ -68,10 +71,11 @@ measure() { # label, file, compress command, tag, methods
 }
 
 # The uncompressed model, same protocol (its needle rows: docs/kv-sweep-needle*-smollm2.md).
-measure "original" "$model" "(none)" original "$methods-ppl-only"
+[ $original = yes ] && measure "original" "$model" "(none)" original "$methods-ppl-only"
 IFS=, read -ra rs <<< "$ratios"
 kinds=whitened
 [ $plain = yes ] && kinds="whitened plain"
+[ $plain = only ] && kinds=plain
 for w in $kinds; do
   for r in "${rs[@]}"; do
     f=$work/$base-r$r-$w.gguf
