@@ -102,9 +102,12 @@ pub fn run(args: &CompressArgs) -> Result<(), Box<dyn std::error::Error>> {
         _ => 32,
     };
 
-    let whiteners = match &args.calib {
-        Some(path) => Some(calibrate(&model, path, args.calib_tokens)?),
-        None => None,
+    let (whiteners, calib_used) = match &args.calib {
+        Some(path) => {
+            let (w, n) = calibrate(&model, path, args.calib_tokens)?;
+            (Some(w), n)
+        }
+        None => (None, 0),
     };
 
     // Spectra of every group of every layer's K and V.
@@ -184,14 +187,7 @@ pub fn run(args: &CompressArgs) -> Result<(), Box<dyn std::error::Error>> {
     )
     .set(meta("rank_multiple"), MetaValue::U32(multiple as u32))
     .set(meta("hadamard"), MetaValue::Bool(args.hadamard))
-    .set(
-        meta("calib_tokens"),
-        MetaValue::U32(if args.calib.is_some() {
-            args.calib_tokens as u32
-        } else {
-            0
-        }),
-    );
+    .set(meta("calib_tokens"), MetaValue::U32(calib_used as u32));
     for t in model.file.tensors() {
         w.add_tensor(
             t.name.clone(),
@@ -263,11 +259,7 @@ pub fn run(args: &CompressArgs) -> Result<(), Box<dyn std::error::Error>> {
         n_groups,
         args.rank_alloc,
         match (&args.calib, whiteners.is_some()) {
-            (Some(p), true) => format!(
-                "whitened by {} tokens of {}",
-                args.calib_tokens,
-                p.display()
-            ),
+            (Some(p), true) => format!("whitened by {calib_used} tokens of {}", p.display()),
             _ => "plain SVD (no calibration)".into(),
         }
     );
@@ -317,12 +309,12 @@ fn progress(n: u64, what: &'static str) -> indicatif::ProgressBar {
 
 /// Run the model over the first `n_tokens` tokens of `path` and return, per layer, the
 /// Cholesky factor of the Gram matrix of the attention's normalized inputs (what the K
-/// and V projections see).
+/// and V projections see), and the tokens used.
 fn calibrate(
     model: &Arc<LlamaModel>,
     path: &PathBuf,
     n_tokens: usize,
-) -> Result<Vec<Mat<f64>>, Box<dyn std::error::Error>> {
+) -> Result<(Vec<Mat<f64>>, usize), Box<dyn std::error::Error>> {
     let text = crate::needle::read_text(path)?;
     let tok = Tokenizer::from_gguf(&model.file)?;
     let mut ids = tok.encode(&text, true, false)?;
@@ -364,10 +356,11 @@ fn calibrate(
     bar.finish_and_clear();
     drop(fwd);
     let grams = grams.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(grams
+    let whiteners = grams
         .iter()
         .map(lowrank_factor::whitener)
-        .collect::<Result<Vec<_>, _>>()?)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((whiteners, ids.len()))
 }
 
 #[cfg(test)]
@@ -745,6 +738,45 @@ mod tests {
             for p in [orig, out] {
                 std::fs::remove_file(p).ok();
             }
+        }
+    }
+
+    /// Wrong flags and inputs are errors that say what was expected and what was found.
+    #[test]
+    fn bad_arguments_are_refused_clearly() {
+        let orig = synth("args", Arch::Llama);
+        let args = |ratio: f64, group: &str, calib: Option<PathBuf>| CompressArgs {
+            model: orig.clone(),
+            output: temp("args-out.gguf"),
+            kv_rank_ratio: ratio,
+            group_size: group.into(),
+            calib,
+            calib_tokens: 100,
+            rank_alloc: "uniform".into(),
+            latent_type: KvType::F16,
+            hadamard: false,
+        };
+        let err = |a: CompressArgs| run(&a).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = err(args(0.0, "all", None));
+        assert!(e.contains("--kv-rank-ratio") && e.contains("(0, 1]"), "{e}");
+        let e = err(args(1.5, "all", None));
+        assert!(e.contains("got 1.5"), "{e}");
+        let e = err(args(0.5, "3", None));
+        assert!(
+            e.contains("--group-size") && e.contains("2 KV heads") && e.contains("'3'"),
+            "{e}"
+        );
+        let e = err(args(0.5, "all", Some(temp("no-such-text.txt"))));
+        assert!(e.contains("no-such-text"), "{e}");
+        let lr = compress(&orig, "args-lr", 0.5, "all", None);
+        let again = CompressArgs {
+            model: lr.clone(),
+            ..args(0.5, "all", None)
+        };
+        let e = err(again);
+        assert!(e.contains("already has low-rank factors"), "{e}");
+        for p in [orig, lr] {
+            std::fs::remove_file(p).ok();
         }
     }
 }
