@@ -104,8 +104,8 @@ pub fn run(args: &CompressArgs) -> Result<(), Box<dyn std::error::Error>> {
 
     let (whiteners, calib_used) = match &args.calib {
         Some(path) => {
-            let (w, n) = calibrate(&model, path, args.calib_tokens)?;
-            (Some(w), n)
+            let c = calibrate(&model, path, args.calib_tokens)?;
+            (Some(c.whiteners), c.tokens)
         }
         None => (None, 0),
     };
@@ -307,6 +307,12 @@ fn progress(n: u64, what: &'static str) -> indicatif::ProgressBar {
     b
 }
 
+/// Per layer, the Cholesky factor of the calibration Gram matrix; the tokens used.
+struct Calibration {
+    whiteners: Vec<Mat<f64>>,
+    tokens: usize,
+}
+
 /// Run the model over the first `n_tokens` tokens of `path` and return, per layer, the
 /// Cholesky factor of the Gram matrix of the attention's normalized inputs (what the K
 /// and V projections see), and the tokens used.
@@ -314,7 +320,7 @@ fn calibrate(
     model: &Arc<LlamaModel>,
     path: &PathBuf,
     n_tokens: usize,
-) -> Result<(Vec<Mat<f64>>, usize), Box<dyn std::error::Error>> {
+) -> Result<Calibration, Box<dyn std::error::Error>> {
     let text = crate::needle::read_text(path)?;
     let tok = Tokenizer::from_gguf(&model.file)?;
     let mut ids = tok.encode(&text, true, false)?;
@@ -360,7 +366,10 @@ fn calibrate(
         .iter()
         .map(lowrank_factor::whitener)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((whiteners, ids.len()))
+    Ok(Calibration {
+        whiteners,
+        tokens: ids.len(),
+    })
 }
 
 #[cfg(test)]
