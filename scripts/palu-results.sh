@@ -52,7 +52,7 @@ rows=$out.d/rows.md
 : > "$rows"
 add_rows() { # label, compress command, sweep prefix
   tail -n +3 "$3.md" | while IFS= read -r line; do
-    echo "| $1 | \`$2\` ${line#|}" >> "$rows"
+    echo "| $1 | \`$2\` |${line#|}" >> "$rows"
   done
 }
 
