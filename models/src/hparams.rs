@@ -101,7 +101,8 @@ pub struct HParams {
     pub tokenizer: TokenizerInfo,
 }
 
-fn bad(file: &GgufFile, key: &str, expected: &str, got: impl ToString) -> ModelError {
+/// A metadata value that is not what the format allows, naming file, key and values.
+pub(crate) fn bad(file: &GgufFile, key: &str, expected: &str, got: impl ToString) -> ModelError {
     ModelError::BadValue {
         file: file.name().into(),
         key: key.into(),

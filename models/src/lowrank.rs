@@ -24,6 +24,7 @@
 use kvedge_runtime::gguf::{GgufFile, MetaArray, MetaValue};
 use kvedge_runtime::kv::KvType;
 
+use crate::hparams::bad;
 use crate::{HParams, ModelError};
 
 /// `general.architecture` of a file with low-rank factors.
@@ -57,15 +58,6 @@ pub struct LowRank {
     pub rank_alloc: String,
     /// Ranks are multiples of this (32 lets q8/q4 latents hold them).
     pub rank_multiple: usize,
-}
-
-fn bad(file: &GgufFile, key: &str, expected: &str, got: impl ToString) -> ModelError {
-    ModelError::BadValue {
-        file: file.name().into(),
-        key: key.into(),
-        expected: expected.into(),
-        got: got.to_string(),
-    }
 }
 
 fn ranks(
