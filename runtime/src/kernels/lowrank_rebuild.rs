@@ -13,6 +13,7 @@ use super::rope::{RopeConfig, RopeLayout};
 use super::{kv_pipeline, need_f32, to_u32, KvAccess};
 use crate::gpu::{grid, GpuContext};
 use crate::kv::{decode_row, encode_row, KvCacheConfig, KvType};
+use crate::quant::dot::dot_f32;
 use crate::{Error, Result};
 
 const WGSL: &str = include_str!("../../../shaders/lowrank_rebuild.wgsl");
@@ -215,7 +216,7 @@ pub fn reference(
                         decode_row(shape.ty, &latents[at..at + lrow], &mut h);
                         for (o, y) in y.iter_mut().enumerate() {
                             let a = &up[o * r..(o + 1) * r];
-                            *y = dot(a, &h) + bias.map_or(0.0, |b| b[o]);
+                            *y = dot_f32(a, &h) + bias.map_or(0.0, |b| b[o]);
                         }
                     }
                 });
@@ -241,25 +242,6 @@ pub fn reference(
         }
     }
     Ok(())
-}
-
-/// Dot product in f32 over 8 lanes (vectorizes; the reference is also the CPU device's
-/// path).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
