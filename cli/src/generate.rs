@@ -89,7 +89,8 @@ pub struct KvArgs {
     /// and tidal, 0 for h2o)
     #[arg(long)]
     pub kv_pool: Option<usize>,
-    /// Storage type of K and V: f16, q8 (as llama.cpp's q8_0) or q4 (as q4_0)
+    /// Storage type of K and V: f16, q8 (as llama.cpp's q8_0), q4 (as q4_0), or q4c (K
+    /// quantized per channel over blocks of 32 slots as KIVI does, V as q4)
     #[arg(long, default_value = "f16")]
     pub kv_type: KvType,
     /// Storage type of K alone (overrides --kv-type)
@@ -131,7 +132,11 @@ impl KvArgs {
             sinks: self.kv_sinks,
             seed: self.kv_seed,
             k_type: self.kv_type_k.unwrap_or(self.kv_type),
-            v_type: self.kv_type_v.unwrap_or(self.kv_type),
+            // KIVI's split: keys per channel, values per token.
+            v_type: self.kv_type_v.unwrap_or(match self.kv_type {
+                KvType::Q4C => KvType::Q4,
+                t => t,
+            }),
             hadamard: self.kv_rotate.0,
             pool: self.kv_pool,
             tidal: (self.sparse_decode == "tidal").then_some(TidalOptions {

@@ -142,7 +142,8 @@ enum {
     KVEDGE_KV_POLICY_NACL = 3    /* NACL: one-shot eviction at prefill by proxy queries */
 };
 
-enum { KVEDGE_KV_TYPE_F16 = 0, KVEDGE_KV_TYPE_Q8 = 1, KVEDGE_KV_TYPE_Q4 = 2 };
+/* Q4C: 4 bits per channel over blocks of 32 slots (KIVI), meant for K with V in Q4. */
+enum { KVEDGE_KV_TYPE_F16 = 0, KVEDGE_KV_TYPE_Q8 = 1, KVEDGE_KV_TYPE_Q4 = 2, KVEDGE_KV_TYPE_Q4C = 3 };
 
 typedef struct kvedge_session_params {
     uint32_t context;          /* positions; 0: min(training context, 4096) */

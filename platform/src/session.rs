@@ -30,6 +30,8 @@ pub const KVEDGE_KV_POLICY_NACL: i32 = 3;
 pub const KVEDGE_KV_TYPE_F16: i32 = 0;
 pub const KVEDGE_KV_TYPE_Q8: i32 = 1;
 pub const KVEDGE_KV_TYPE_Q4: i32 = 2;
+/// 4-bit per channel over blocks of 32 slots (KIVI); for K.
+pub const KVEDGE_KV_TYPE_Q4C: i32 = 3;
 
 pub const KVEDGE_FINISH_NONE: i32 = -1;
 pub const KVEDGE_FINISH_END_OF_GENERATION: i32 = 0;
@@ -170,8 +172,9 @@ fn kv_type(v: i32, what: &str) -> FfiResult<KvType> {
         KVEDGE_KV_TYPE_F16 => Ok(KvType::F16),
         KVEDGE_KV_TYPE_Q8 => Ok(KvType::Q8),
         KVEDGE_KV_TYPE_Q4 => Ok(KvType::Q4),
+        KVEDGE_KV_TYPE_Q4C => Ok(KvType::Q4C),
         v => Err(FfiError::invalid(format!(
-            "{what} {v}: expected KVEDGE_KV_TYPE_F16 (0), _Q8 (1) or _Q4 (2)"
+            "{what} {v}: expected KVEDGE_KV_TYPE_F16 (0), _Q8 (1), _Q4 (2) or _Q4C (3)"
         ))),
     }
 }

@@ -49,6 +49,9 @@ pub struct CpuForward {
     store: Vec<(KvCacheConfig, KvCacheConfig)>,
     kc: Vec<Vec<u32>>,
     vc: Vec<Vec<u32>>,
+    /// Per layer, `q4c`'s pending values of K and V (empty for the other types).
+    kp: Vec<Vec<f32>>,
+    vp: Vec<Vec<f32>>,
     /// Palu latents' up-projections and slot positions, when the model has factors.
     latents: Option<Latents>,
     /// With latents, per layer [n_groups][capacity] original position of each slot.
@@ -211,6 +214,12 @@ impl CpuForward {
             .collect();
         for (k, v) in &store {
             for (ty, width) in [(k.k_type, k.head_dim), (v.v_type, v.head_dim)] {
+                if latents.is_some() && ty.blocks_slots() {
+                    return Err(ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(
+                        "KV type q4c is not available for Palu latents: store them as f16, q8 or q4"
+                            .into(),
+                    )));
+                }
                 if !ty.supports(width) {
                     let what = if latents.is_some() {
                         "latent rank"
@@ -243,6 +252,14 @@ impl CpuForward {
             vc: store
                 .iter()
                 .map(|(_, v)| vec![0; v.v_layer_words()])
+                .collect(),
+            kp: store
+                .iter()
+                .map(|(k, _)| vec![0.0; k.k_pending_words()])
+                .collect(),
+            vp: store
+                .iter()
+                .map(|(_, v)| vec![0.0; v.v_pending_words()])
                 .collect(),
             slot_pos: match &latents {
                 Some(lt) => vec![vec![0; lt.lr.n_groups * cfg.capacity]; hp.n_layers],
@@ -332,9 +349,9 @@ impl CpuForward {
                 }
             };
             let kept = kv_select::reference(nsel, self.cfg.capacity, &sel, score)?;
-            let (kr, vr) = (kcfg.k_row_words(), vcfg.v_row_words());
-            kv_compact::reference(&kcfg, kr, sel.keep, &kept, &mut self.kc[l]);
-            kv_compact::reference(&vcfg, vr, sel.keep, &kept, &mut self.vc[l]);
+            let (k, v) = (kcfg.k_type, vcfg.v_type);
+            compact(&kcfg, k, sel.keep, &kept, &mut self.kc[l], &mut self.kp[l]);
+            compact(&vcfg, v, sel.keep, &kept, &mut self.vc[l], &mut self.vp[l]);
             if let Some(s) = self.scores.get_mut(l) {
                 kv_compact::reference(&kcfg, 1, sel.keep, &kept, s);
             }
@@ -359,7 +376,10 @@ impl CpuForward {
         4 * self
             .store
             .iter()
-            .map(|(k, v)| (k.k_layer_words() + v.v_layer_words()) as u64)
+            .map(|(k, v)| {
+                (k.k_layer_words() + v.v_layer_words() + k.k_pending_words() + v.v_pending_words())
+                    as u64
+            })
             .sum::<u64>()
     }
 
@@ -443,7 +463,7 @@ impl CpuForward {
             .collect();
         let oneshot = self.plan.evicts_oneshot(self.used, m);
         let stage_cfg = KvCacheConfig {
-            capacity: self.cfg.capacity + self.plan.oneshot,
+            capacity: self.plan.staging_capacity(self.cfg.capacity),
             ..self.cfg
         };
         // The scoring of the GPU pass (see gpu.rs).
@@ -494,8 +514,10 @@ impl CpuForward {
             let (cfg, kst, vst, kc, vc, layer_scores, slot_pos) = if oneshot {
                 let (sc, used) = (stage_cfg, self.used);
                 let (kd, vd) = (staged(kst), staged(vst));
-                sk = stage_rows(&kst, &kd, kst.k_row_words(), used, &self.kc[l]);
-                sv = stage_rows(&vst, &vd, vst.v_row_words(), used, &self.vc[l]);
+                // A q4c block's parameters sit in all of its rows: whole blocks move.
+                let (ku, vu) = (block_rows(kst.k_type, used), block_rows(vst.v_type, used));
+                sk = stage_rows(&kst, &kd, kst.k_row_words(), ku, &self.kc[l]);
+                sv = stage_rows(&vst, &vd, vst.v_row_words(), vu, &self.vc[l]);
                 ss = vec![0.0f32; kst.n_kv_heads * sc.capacity];
                 if let Some(p) = self.slot_pos.get(l) {
                     sp = stage_rows(&kst, &kd, 1, used, p);
@@ -513,8 +535,9 @@ impl CpuForward {
                     self.slot_pos.get_mut(l),
                 )
             };
-            kv_store::reference(&kst, kst.k_type, &k, kc, m, self.used);
-            kv_store::reference(&vst, vst.v_type, &v, vc, m, self.used);
+            let (kp, vp) = (&mut self.kp[l], &mut self.vp[l]);
+            store_rows(&kst, kst.k_type, &k, kc, kp, m, self.used);
+            store_rows(&vst, vst.v_type, &v, vc, vp, m, self.used);
             let n_slots = self.used + m;
             // With latents, attention reads keys and values rebuilt into an f16 scratch and
             // scores per KV head, summed per group after.
@@ -670,12 +693,14 @@ impl CpuForward {
                 let sel = self.plan.select(self.used + m, l, self.evictions);
                 let kept = kv_select::reference(nsel, sc.capacity, &sel, &ss)?;
                 let (kr, vr) = (kst.k_row_words(), vst.v_row_words());
-                kv_compact::reference(&kst, kr, sel.keep, &kept, &mut sk);
-                kv_compact::reference(&vst, vr, sel.keep, &kept, &mut sv);
+                let (kty, vty) = (kst.k_type, vst.v_type);
+                compact(&kst, kty, sel.keep, &kept, &mut sk, &mut self.kp[l]);
+                compact(&vst, vty, sel.keep, &kept, &mut sv, &mut self.vp[l]);
                 kv_compact::reference(&kst, 1, sel.keep, &kept, &mut ss);
                 let (kt, vt) = self.store[l];
-                unstage_rows(&kst, &kt, kr, sel.keep, &sk, &mut self.kc[l]);
-                unstage_rows(&vst, &vt, vr, sel.keep, &sv, &mut self.vc[l]);
+                let (kk, vk) = (block_rows(kty, sel.keep), block_rows(vty, sel.keep));
+                unstage_rows(&kst, &kt, kr, kk, &sk, &mut self.kc[l]);
+                unstage_rows(&vst, &vt, vr, vk, &sv, &mut self.vc[l]);
                 if let Some(s) = self.scores.get_mut(l) {
                     unstage_rows(&kst, &kt, 1, sel.keep, &ss, s);
                 }
@@ -710,6 +735,52 @@ impl CpuForward {
         }
         self.position += m;
         Ok(logits)
+    }
+}
+
+/// Store `m` rows of `x` at slot `slot0` of each head, in `ty` (with `q4c`, re-encoding
+/// the blocks touched from the pending values).
+fn store_rows(
+    cfg: &KvCacheConfig,
+    ty: KvType,
+    x: &[f32],
+    cache: &mut [u32],
+    pending: &mut [f32],
+    m: usize,
+    slot0: usize,
+) {
+    if ty.blocks_slots() {
+        kv_store::reference_q4c(cfg, cfg.head_dim, x, cache, pending, m, slot0);
+    } else {
+        kv_store::reference(cfg, ty, x, cache, m, slot0);
+    }
+}
+
+/// Gather the `keep` kept slots per head to the front (with `q4c`, decoded and encoded
+/// again, see `kv_compact::reference_q4c`).
+fn compact(
+    cfg: &KvCacheConfig,
+    ty: KvType,
+    keep: usize,
+    kept: &[u32],
+    cache: &mut [u32],
+    pending: &mut [f32],
+) {
+    let width = ty.row_words(cfg.head_dim);
+    if ty.blocks_slots() {
+        kv_compact::reference_q4c(cfg, cfg.head_dim, keep, kept, cache, pending);
+    } else {
+        kv_compact::reference(cfg, width, keep, kept, cache);
+    }
+}
+
+/// Rows to move so that `n` slots arrive whole: a q4c block's parameters sit in every row
+/// of the block, so its rows move as a block.
+fn block_rows(ty: KvType, n: usize) -> usize {
+    if ty.blocks_slots() {
+        n.next_multiple_of(kvedge_runtime::kv::Q4C_SLOTS)
+    } else {
+        n
     }
 }
 

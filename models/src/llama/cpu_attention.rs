@@ -10,7 +10,7 @@
 //! (and its slot sums to a local [kv_head][slot] array), merged after.
 
 use kvedge_runtime::kernels::attention;
-use kvedge_runtime::kv::{KvCacheConfig, KvType};
+use kvedge_runtime::kv::{decode_row, decode_slot_q4c, KvCacheConfig, KvType};
 use kvedge_runtime::{Error, Result};
 
 use super::cpu::dot;
@@ -51,21 +51,54 @@ pub fn attend(
     n_tokens: usize,
     n_past: usize,
     scale: f32,
-    mut sink: Option<ScoreSink<'_>>,
+    sink: Option<ScoreSink<'_>>,
     threads: usize,
 ) -> Result<Vec<f32>> {
+    check(cfg, n_heads, q, n_tokens, n_past)?;
+    let total = n_past + n_tokens;
+    let keys = decode_heads(cfg, kc, cfg.k_type, total);
+    let values = decode_heads(cfg, vc, cfg.v_type, total);
+    attend_decoded(
+        cfg, n_heads, q, &keys, &values, n_tokens, n_past, scale, sink, threads,
+    )
+}
+
+/// The shapes `attend` needs: the cache's (`attention::validate`) and the queries'.
+fn check(
+    cfg: &KvCacheConfig,
+    n_heads: usize,
+    q: &[f32],
+    n_tokens: usize,
+    n_past: usize,
+) -> Result<()> {
     attention::validate(cfg, n_heads, n_tokens, n_past)?;
-    let hd = cfg.head_dim;
-    if q.len() != n_tokens * n_heads * hd {
+    let want = n_tokens * n_heads * cfg.head_dim;
+    if q.len() != want {
         return Err(Error::ShapeMismatch {
             what: "CPU attention queries".into(),
-            expected: n_tokens * n_heads * hd,
+            expected: want,
             got: q.len(),
         });
     }
+    Ok(())
+}
+
+/// `attend` over keys and values already decoded, [n_kv_heads][n_past + n_tokens][head_dim].
+#[allow(clippy::too_many_arguments)]
+fn attend_decoded(
+    cfg: &KvCacheConfig,
+    n_heads: usize,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    n_tokens: usize,
+    n_past: usize,
+    scale: f32,
+    mut sink: Option<ScoreSink<'_>>,
+    threads: usize,
+) -> Result<Vec<f32>> {
+    let hd = cfg.head_dim;
     let (group, total, nkv) = (n_heads / cfg.n_kv_heads, n_past + n_tokens, cfg.n_kv_heads);
-    let keys = decode_heads(cfg, kc, cfg.k_type, total);
-    let values = decode_heads(cfg, vc, cfg.v_type, total);
     let q0 = sink.as_ref().map(|s| s.q0);
     let items = n_tokens * n_heads;
     let threads = threads.clamp(1, items.max(1));
@@ -150,7 +183,7 @@ pub fn attend(
 
 /// TidalDecode's sparse step: one query per head over only the slots `sel` lists per KV
 /// head ([n_kv_heads][n_sel]), as `attention::reference_sparse` does: the selected rows
-/// are gathered (still encoded) into a cache of `n_sel` slots, which `attend` reads whole.
+/// are decoded into `n_sel` slots per head, which `attend` reads whole.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_sparse(
     cfg: &KvCacheConfig,
@@ -180,19 +213,30 @@ pub fn attend_sparse(
         capacity: n_sel,
         ..*cfg
     };
-    let gather = |cache: &[u32], row: usize| -> Vec<u32> {
-        let mut out = Vec::with_capacity(cfg.n_kv_heads * n_sel * row);
+    let hd = cfg.head_dim;
+    // The selected slots of each head, decoded: [n_kv_heads][n_sel][head_dim].
+    let gather = |cache: &[u32], ty: KvType| -> Vec<f32> {
+        let row = ty.row_words(hd);
+        let mut out = vec![0.0f32; cfg.n_kv_heads * n_sel * hd];
         for kvh in 0..cfg.n_kv_heads {
-            for &j in &sel[kvh * n_sel..(kvh + 1) * n_sel] {
-                let at = (kvh * cfg.capacity + j as usize) * row;
-                out.extend_from_slice(&cache[at..at + row]);
+            let region = &cache[kvh * cfg.capacity * row..(kvh + 1) * cfg.capacity * row];
+            let picks = &sel[kvh * n_sel..(kvh + 1) * n_sel];
+            let dst = &mut out[kvh * n_sel * hd..(kvh + 1) * n_sel * hd];
+            for (&j, o) in picks.iter().zip(dst.chunks_exact_mut(hd)) {
+                let j = j as usize;
+                if ty.blocks_slots() {
+                    decode_slot_q4c(region, hd, j, o);
+                } else {
+                    decode_row(ty, &region[j * row..(j + 1) * row], o);
+                }
             }
         }
         out
     };
-    let k = gather(kc, cfg.k_row_words());
-    let v = gather(vc, cfg.v_row_words());
-    attend(&sub, n_heads, q, &k, &v, 1, n_sel - 1, scale, None, threads)
+    let k = gather(kc, cfg.k_type);
+    let v = gather(vc, cfg.v_type);
+    check(&sub, n_heads, q, 1, n_sel - 1)?;
+    attend_decoded(&sub, n_heads, q, &k, &v, 1, n_sel - 1, scale, None, threads)
 }
 
 #[cfg(test)]

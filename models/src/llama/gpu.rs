@@ -296,6 +296,13 @@ impl GpuForward {
                     .collect();
                 for (kc, vc) in &cfgs {
                     for (ty, r) in [(kc.k_type, kc.head_dim), (vc.v_type, vc.head_dim)] {
+                        if ty.blocks_slots() {
+                            return Err(ModelError::Runtime(Error::InvalidArgument(
+                                "KV type q4c is not available for Palu latents: store them \
+                                 as f16, q8 or q4"
+                                    .into(),
+                            )));
+                        }
                         if !ty.supports(r) {
                             return Err(ModelError::Runtime(Error::InvalidArgument(format!(
                                 "KV type {} cannot store latent rank {r} (f16 needs it even, \

@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{kv_pipeline, need_f32, to_u32, KvAccess};
 use crate::gpu::{grid, GpuContext};
-use crate::kv::{decode_row, KvCacheConfig};
+use crate::kv::{decode_row, decode_slot_q4c, KvCacheConfig};
 use crate::{Error, Result};
 
 const WGSL: &str = include_str!("../../../shaders/attention.wgsl");
@@ -143,9 +143,13 @@ pub fn decode_head_into(
     out: &mut [f32],
 ) {
     let (hd, row) = (cfg.head_dim, ty.row_words(cfg.head_dim));
+    let region = &cache[kvh * cfg.capacity * row..(kvh + 1) * cfg.capacity * row];
     for (j, dst) in out[..n * hd].chunks_exact_mut(hd).enumerate() {
-        let at = (kvh * cfg.capacity + j) * row;
-        decode_row(ty, &cache[at..at + row], dst);
+        if ty.blocks_slots() {
+            decode_slot_q4c(region, hd, j, dst);
+        } else {
+            decode_row(ty, &region[j * row..(j + 1) * row], dst);
+        }
     }
 }
 

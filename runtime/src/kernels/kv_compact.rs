@@ -8,9 +8,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{need_f32, plain_pipeline, to_u32};
+use super::{kv_store, need_f32, plain_pipeline, to_u32};
 use crate::gpu::{grid, GpuContext};
-use crate::kv::KvCacheConfig;
+use crate::kv::{decode_slot_q4c, KvCacheConfig, KvType, Q4C_SLOTS};
 use crate::{Error, Result};
 
 const WGSL: &str = include_str!("../../../shaders/kv_compact.wgsl");
@@ -141,6 +141,39 @@ pub fn reference<T: Copy>(
     }
 }
 
+/// The compaction of a `q4c` cache (`kv::format`), whose rows cannot move alone (a row's
+/// block holds its scales): the kept slots of each head are decoded, then stored again
+/// from slot 0 (`kv_store::reference_q4c`), which also refills `pending` with the block
+/// still filling. The kept values are quantized a second time, over their new blocks.
+pub fn reference_q4c(
+    cfg: &KvCacheConfig,
+    width: usize,
+    keep: usize,
+    kept: &[u32],
+    cache: &mut [u32],
+    pending: &mut [f32],
+) {
+    let head = KvCacheConfig {
+        n_kv_heads: 1,
+        ..*cfg
+    };
+    let rw = KvType::Q4C.row_words(width);
+    for h in 0..cfg.n_kv_heads {
+        let region = &mut cache[h * cfg.capacity * rw..(h + 1) * cfg.capacity * rw];
+        let mut vals = vec![0.0f32; keep * width];
+        for (i, &from) in kept[h * keep..][..keep].iter().enumerate() {
+            decode_slot_q4c(
+                region,
+                width,
+                from as usize,
+                &mut vals[i * width..(i + 1) * width],
+            );
+        }
+        let pend = &mut pending[h * Q4C_SLOTS * width..(h + 1) * Q4C_SLOTS * width];
+        kv_store::reference_q4c(&head, width, &vals, region, pend, keep, 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +181,75 @@ mod tests {
     use crate::kernels::kv_select::{self, SelectPlan};
     use crate::kv::KvType;
     use crate::rng::SplitMix64;
+
+    /// A q4c compaction keeps each kept slot's values within the quantization error of
+    /// the originals, and the cache it leaves goes on as one built from the kept values:
+    /// storing further tokens after it equals storing kept + new tokens afresh.
+    #[test]
+    fn q4c_compaction_reencodes_the_kept_slots() {
+        let mut rng = SplitMix64::new(test_seed(31));
+        let (hd, nkv, n, keep) = (64, 2, 70, 45);
+        let cfg = KvCacheConfig {
+            n_layers: 1,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            capacity: 96,
+            k_type: KvType::Q4C,
+            v_type: KvType::Q4,
+        };
+        let x = rng.vec_f32(n * nkv * hd, -2.0, 2.0);
+        let mut cache = vec![0u32; cfg.k_layer_words()];
+        let mut pend = vec![0.0f32; cfg.k_pending_words()];
+        kv_store::reference_q4c(&cfg, hd, &x, &mut cache, &mut pend, n, 0);
+        // Kept: every head its own ascending slots.
+        let mut kept = Vec::new();
+        for h in 0..nkv {
+            let mut s: Vec<u32> = (0..n as u32)
+                .filter(|j| (j * 7 + h as u32) % 3 != 0)
+                .collect();
+            s.truncate(keep);
+            assert_eq!(s.len(), keep);
+            kept.extend(s);
+        }
+        let rw = KvType::Q4C.row_words(hd);
+        let before = cache.clone();
+        reference_q4c(&cfg, hd, keep, &kept, &mut cache, &mut pend);
+        let mut want = vec![0.0f32; hd];
+        let mut got = vec![0.0f32; hd];
+        let mut kept_vals = vec![0.0f32; keep * nkv * hd];
+        for h in 0..nkv {
+            let region = |c: &[u32]| c[h * 96 * rw..(h + 1) * 96 * rw].to_vec();
+            for (i, &from) in kept[h * keep..(h + 1) * keep].iter().enumerate() {
+                decode_slot_q4c(&region(&before), hd, from as usize, &mut want);
+                decode_slot_q4c(&region(&cache), hd, i, &mut got);
+                for c in 0..hd {
+                    let orig = x[(from as usize * nkv + h) * hd + c];
+                    assert!(
+                        (orig - got[c]).abs() <= 4.0 / 15.0 + 1e-3,
+                        "twice quantized"
+                    );
+                    assert!((want[c] - got[c]).abs() <= 4.0 / 30.0 + 1e-3, "re-encoded");
+                }
+                kept_vals[(i * nkv + h) * hd..(i * nkv + h + 1) * hd].copy_from_slice(&want);
+            }
+        }
+        // Going on from the compacted cache = a fresh cache of the kept slots' decoded values
+        // (what the compaction re-encodes) + new ones.
+        let more = rng.vec_f32(5 * nkv * hd, -2.0, 2.0);
+        kv_store::reference_q4c(&cfg, hd, &more, &mut cache, &mut pend, 5, keep);
+        let mut fresh = vec![0u32; cfg.k_layer_words()];
+        let mut fpend = vec![0.0f32; cfg.k_pending_words()];
+        kv_store::reference_q4c(&cfg, hd, &kept_vals, &mut fresh, &mut fpend, keep, 0);
+        kv_store::reference_q4c(&cfg, hd, &more, &mut fresh, &mut fpend, 5, keep);
+        for h in 0..nkv {
+            for j in 0..keep + 5 {
+                let r = |c: &[u32]| c[h * 96 * rw..(h + 1) * 96 * rw].to_vec();
+                decode_slot_q4c(&r(&cache), hd, j, &mut want);
+                decode_slot_q4c(&r(&fresh), hd, j, &mut got);
+                assert_eq!(want, got, "head {h} slot {j}");
+            }
+        }
+    }
 
     #[test]
     fn kv_compact_matches_reference() {

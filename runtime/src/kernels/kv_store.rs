@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{kv_pipeline, need_f32, to_u32, KvAccess};
 use crate::gpu::{grid, GpuContext};
-use crate::kv::{encode_row, KvCacheConfig, KvType};
+use crate::kv::{encode_block_q4c, encode_row, KvCacheConfig, KvType, Q4C_SLOTS};
 use crate::{Error, Result};
 
 const WGSL: &str = include_str!("../../../shaders/kv_store.wgsl");
@@ -136,6 +136,35 @@ pub fn reference(
     }
 }
 
+/// CPU reference of the store into a `q4c` cache (`kv::format`): the rows of `x`
+/// ([n_tokens][n_kv_heads][width]) go to slots `slot0..` of each head; `pending`
+/// ([n_kv_heads][32][width]) keeps the values of each head's block that is still filling,
+/// and every block the tokens touch is re-encoded whole from it, so a partly filled block
+/// always reads as the quantization of the slots it has.
+pub fn reference_q4c(
+    cfg: &KvCacheConfig,
+    width: usize,
+    x: &[f32],
+    cache: &mut [u32],
+    pending: &mut [f32],
+    n_tokens: usize,
+    slot0: usize,
+) {
+    let rw = KvType::Q4C.row_words(width);
+    for h in 0..cfg.n_kv_heads {
+        let pend = &mut pending[h * Q4C_SLOTS * width..(h + 1) * Q4C_SLOTS * width];
+        for t in 0..n_tokens {
+            let (s, src) = (slot0 + t, (t * cfg.n_kv_heads + h) * width);
+            let r = s % Q4C_SLOTS;
+            pend[r * width..(r + 1) * width].copy_from_slice(&x[src..src + width]);
+            if r == Q4C_SLOTS - 1 || t + 1 == n_tokens {
+                let b0 = (h * cfg.capacity + s - r) * rw;
+                encode_block_q4c(pend, r + 1, width, &mut cache[b0..b0 + Q4C_SLOTS * rw]);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +175,39 @@ mod tests {
     /// GPU and CPU encodings decode to the same values, except where a value sits on a
     /// rounding boundary of x/d (the GPU's division may differ in the last bit): there one
     /// code may differ by one step, in at most 1 % of the values.
+
+    /// Storing a q4c cache a piece at a time (a prompt chunk, then single decode tokens,
+    /// across block boundaries) leaves exactly the cache one store of all the tokens
+    /// makes: each block is re-encoded from the pending values until it is full.
+    #[test]
+    fn q4c_store_in_pieces_equals_one_store() {
+        let mut rng = SplitMix64::new(test_seed(21));
+        for (hd, nkv) in [(64, 2), (32, 3), (128, 1)] {
+            let cfg = KvCacheConfig {
+                n_layers: 1,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                capacity: 96,
+                k_type: KvType::Q4C,
+                v_type: KvType::Q4,
+            };
+            let n = 77;
+            let x = rng.vec_f32(n * nkv * hd, -3.0, 3.0);
+            let words = cfg.k_layer_words();
+            let (mut whole, mut pend_w) = (vec![0u32; words], vec![0.0; cfg.k_pending_words()]);
+            reference_q4c(&cfg, hd, &x, &mut whole, &mut pend_w, n, 0);
+            let (mut parts, mut pend_p) = (vec![0u32; words], vec![0.0; cfg.k_pending_words()]);
+            let mut at = 0;
+            for m in [40, 1, 1, 20, 1, 14] {
+                let src = &x[at * nkv * hd..(at + m) * nkv * hd];
+                reference_q4c(&cfg, hd, src, &mut parts, &mut pend_p, m, at);
+                at += m;
+            }
+            assert_eq!(at, n);
+            assert_eq!(parts, whole, "hd {hd} heads {nkv}");
+        }
+    }
+
     #[test]
     fn kv_store_matches_reference_for_every_type() {
         let Some(ctx) = test_context() else { return };

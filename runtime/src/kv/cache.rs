@@ -18,7 +18,7 @@
 
 use crate::gpu::GpuContext;
 use crate::kernels::{kv_compact, kv_select};
-use crate::kv::{KvGeometry, KvPlan, KvType};
+use crate::kv::{KvGeometry, KvPlan, KvType, Q4C_SLOTS};
 use crate::{Error, Result};
 
 /// Geometry of a KV cache.
@@ -64,9 +64,24 @@ impl KvCacheConfig {
         self.n_kv_heads * self.capacity * self.v_row_words()
     }
 
-    /// Exact bytes of the whole cache (K and V of every layer).
+    /// Words of one layer's pending K values: with `q4c`, the f32 values of each head's
+    /// block still filling ([n_kv_heads][32][head_dim]), which the store re-encodes from.
+    pub fn k_pending_words(&self) -> usize {
+        pending_words(self.k_type, self.n_kv_heads, self.head_dim)
+    }
+
+    pub fn v_pending_words(&self) -> usize {
+        pending_words(self.v_type, self.n_kv_heads, self.head_dim)
+    }
+
+    /// Exact bytes of the whole cache (K and V of every layer, with `q4c`'s pending
+    /// values).
     pub fn total_bytes(&self) -> u64 {
-        4 * self.n_layers as u64 * (self.k_layer_words() + self.v_layer_words()) as u64
+        let per_layer = self.k_layer_words()
+            + self.v_layer_words()
+            + self.k_pending_words()
+            + self.v_pending_words();
+        4 * self.n_layers as u64 * per_layer as u64
     }
 
     pub fn geometry(&self) -> KvGeometry {
@@ -75,6 +90,14 @@ impl KvCacheConfig {
             n_kv_heads: self.n_kv_heads,
             head_dim: self.head_dim,
         }
+    }
+}
+
+fn pending_words(ty: KvType, n_kv_heads: usize, width: usize) -> usize {
+    if ty.blocks_slots() {
+        n_kv_heads * Q4C_SLOTS * width
+    } else {
+        0
     }
 }
 
@@ -182,6 +205,13 @@ impl KvCache {
             )));
         }
         for ty in [config.k_type, config.v_type] {
+            if ty.blocks_slots() {
+                return Err(Error::InvalidArgument(format!(
+                    "KV type {} runs on the cpu device (--device cpu); the GPU kernels store \
+                     f16, q8 and q4",
+                    ty.name()
+                )));
+            }
             if !ty.supports(config.head_dim) {
                 return Err(Error::InvalidArgument(format!(
                     "KV type {} cannot store head dim {} (f16 needs it even, q8/q4 a multiple of 32)",
@@ -191,7 +221,7 @@ impl KvCache {
             }
         }
         let stage_cfg = KvCacheConfig {
-            capacity: config.capacity + plan.oneshot,
+            capacity: plan.staging_capacity(config.capacity),
             ..config
         };
         let words = stage_cfg.k_layer_words().max(stage_cfg.v_layer_words());

@@ -47,7 +47,7 @@
 use std::str::FromStr;
 
 use crate::kernels::kv_select::SelectPlan;
-use crate::kv::{KvCacheConfig, KvType};
+use crate::kv::{KvCacheConfig, KvType, Q4C_SLOTS};
 use crate::{Error, Result};
 
 /// How much KV cache a session may use.
@@ -352,6 +352,12 @@ impl KvPlan {
                 (b / geom.bytes_per_slot(opts.k_type, opts.v_type)) as usize
             }
         };
+        // A per-channel cache quantizes blocks of 32 slots: a budget buys whole blocks.
+        let slots = if opts.k_type.blocks_slots() || opts.v_type.blocks_slots() {
+            slots - slots % Q4C_SLOTS
+        } else {
+            slots
+        };
         let min = opts.sinks + 32;
         if slots < min {
             return Err(Error::InvalidArgument(format!(
@@ -385,13 +391,34 @@ impl KvPlan {
         })
     }
 
+    /// Whether a storage type quantizes blocks of slots (`q4c`), whose caches hold whole
+    /// blocks.
+    pub fn blocks_slots(&self) -> bool {
+        self.k_type.blocks_slots() || self.v_type.blocks_slots()
+    }
+
+    /// Slots a buffer of at least `slots` allocates: rounded up to whole blocks of 32
+    /// for `q4c` (a full cache's context; budgets are already whole blocks).
+    pub fn alloc_slots(&self, slots: usize) -> usize {
+        if self.blocks_slots() {
+            slots.next_multiple_of(Q4C_SLOTS)
+        } else {
+            slots
+        }
+    }
+
+    /// Slots per head of NACL's one-shot staging area for a cache of `capacity`.
+    pub fn staging_capacity(&self, capacity: usize) -> usize {
+        self.alloc_slots(capacity + self.oneshot)
+    }
+
     /// The cache this plan allocates for a model of shape `geom`.
     pub fn cache_config(&self, geom: KvGeometry) -> KvCacheConfig {
         KvCacheConfig {
             n_layers: geom.n_layers,
             n_kv_heads: geom.n_kv_heads,
             head_dim: geom.head_dim,
-            capacity: self.slots,
+            capacity: self.alloc_slots(self.slots),
             k_type: self.k_type,
             v_type: self.v_type,
         }

@@ -12,4 +12,7 @@ pub use config::{
     KvBudget, KvGeometry, KvOptions, KvPlan, KvPolicy, Tidal, TidalOptions, TidalRole, NACL_POOL,
     TIDAL_POOL,
 };
-pub use format::{decode_row, encode_row, KvType, KV_BLOCK};
+pub use format::{
+    decode_block_row_q4c, decode_row, decode_slot_q4c, encode_block_q4c, encode_row, KvType,
+    KV_BLOCK, Q4C_SLOTS,
+};
