@@ -205,7 +205,7 @@ mod tests {
         let mut kept = Vec::new();
         for h in 0..nkv {
             let mut s: Vec<u32> = (0..n as u32)
-                .filter(|j| (j * 7 + h as u32) % 3 != 0)
+                .filter(|j| !(j * 7 + h as u32).is_multiple_of(3))
                 .collect();
             s.truncate(keep);
             assert_eq!(s.len(), keep);

@@ -172,10 +172,6 @@ mod tests {
     use crate::kv::decode_row;
     use crate::rng::SplitMix64;
 
-    /// GPU and CPU encodings decode to the same values, except where a value sits on a
-    /// rounding boundary of x/d (the GPU's division may differ in the last bit): there one
-    /// code may differ by one step, in at most 1 % of the values.
-
     /// Storing a q4c cache a piece at a time (a prompt chunk, then single decode tokens,
     /// across block boundaries) leaves exactly the cache one store of all the tokens
     /// makes: each block is re-encoded from the pending values until it is full.
@@ -208,6 +204,9 @@ mod tests {
         }
     }
 
+    /// GPU and CPU encodings decode to the same values, except where a value sits on a
+    /// rounding boundary of x/d (the GPU's division may differ in the last bit): there one
+    /// code may differ by one step, in at most 1 % of the values.
     #[test]
     fn kv_store_matches_reference_for_every_type() {
         let Some(ctx) = test_context() else { return };
