@@ -132,6 +132,17 @@ fn methods(
                     kv: typed(ty),
                 });
             }
+            // As `--kv-type q4c`: keys per channel, values per token (KIVI).
+            "q4c" => out.push(Method {
+                label: "full q4c".into(),
+                line: None,
+                flags: "--kv-type q4c".into(),
+                kv: KvOptions {
+                    k_type: KvType::Q4C,
+                    v_type: KvType::Q4,
+                    ..full.clone()
+                },
+            }),
             "window" | "h2o" | "nacl" => {
                 let policy: KvPolicy = name.parse()?;
                 for &pct in budgets {
@@ -176,7 +187,7 @@ fn methods(
             }
             other => {
                 return Err(format!(
-                    "unknown method '{other}': expected full, q8, q4, window, h2o, nacl or tidal:K"
+                    "unknown method '{other}': expected full, q8, q4, q4c, window, h2o, nacl or tidal:K"
                 ))
             }
         }
