@@ -1,9 +1,14 @@
 // Encode one KV row from f32 values (a template like kv_format.wgsl, plus KVSRC: the f32
-// source binding). Q8_0: d = max|x|/127, q = round half away from zero of x/d; Q4_0:
+// source binding; q4c rows are left to kv_q4c.wgsl). Q8_0: d = max|x|/127, q = round half
+// away from zero of x/d; Q4_0:
 // d = m/-8 for the value m of largest magnitude, q = min(15, floor(x/d + 8.5)); the
 // scale is stored as f16, as ggml does.
 
 fn KVNAME_store(base: u32, src: u32, hd: u32) {
+    if (KVTY == 3u) {
+        // q4c rows are written a block at a time (kv_q4c.wgsl).
+        return;
+    }
     if (KVTY == 0u) {
         for (var i = 0u; i < hd / 2u; i++) {
             KVBUF[base + i] = pack2x16float(vec2<f32>(KVSRC[src + 2u * i], KVSRC[src + 2u * i + 1u]));

@@ -598,6 +598,8 @@ impl GpuForward {
                     k: sk,
                     v: sv,
                     score: None,
+                    k_pending: None,
+                    v_pending: None,
                 }
             } else {
                 let missing = || Error::InvalidArgument("K/V projections not uploaded".into());
@@ -633,6 +635,7 @@ impl GpuForward {
                 kv_store::record(
                     ctx, &mut enc, &view.cfg, &s.k, &s.v, view.k, view.v, m, n_past,
                 )?;
+                view.store_blocks(ctx, &mut enc, &s.k, &s.v, m, n_past)?;
                 view
             };
             let cfg = &view.cfg;

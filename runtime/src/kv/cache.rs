@@ -17,6 +17,7 @@
 //! serves every layer in turn, so the cache never holds more than the budget.
 
 use crate::gpu::GpuContext;
+use crate::kernels::kv_q4c::{self, Q4cBuffers};
 use crate::kernels::{kv_compact, kv_select};
 use crate::kv::{KvGeometry, KvPlan, KvType, Q4C_SLOTS};
 use crate::{Error, Result};
@@ -151,6 +152,33 @@ pub struct LayerView<'a> {
     pub v: &'a wgpu::Buffer,
     /// Running (or proxy) scores, for the score-based policies.
     pub score: Option<&'a wgpu::Buffer>,
+    /// `q4c`'s pending values of K and V (the layer's own, also behind the staging area).
+    pub k_pending: Option<&'a wgpu::Buffer>,
+    pub v_pending: Option<&'a wgpu::Buffer>,
+}
+
+impl LayerView<'_> {
+    /// Record the block writes of the `q4c` buffers for `n` tokens of `k` and `v`
+    /// ([n][n_kv_heads][head_dim] f32) at slot `slot0`, after `kernels::kv_store` has
+    /// written the other types' rows (it leaves q4c rows alone).
+    pub fn store_blocks(
+        &self,
+        ctx: &GpuContext,
+        enc: &mut wgpu::CommandEncoder,
+        k: &wgpu::Buffer,
+        v: &wgpu::Buffer,
+        n: usize,
+        slot0: usize,
+    ) -> Result<()> {
+        let hd = self.cfg.head_dim;
+        for (src, cache, pending) in [(k, self.k, self.k_pending), (v, self.v, self.v_pending)] {
+            if let Some(pending) = pending {
+                let dst = Q4cBuffers { cache, pending };
+                kv_q4c::record_store(ctx, enc, &self.cfg, hd, src, &dst, n, slot0)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The cache: K and V buffers per layer, slot and position counters.
@@ -160,6 +188,9 @@ pub struct KvCache {
     pub plan: KvPlan,
     pub k: Vec<wgpu::Buffer>,
     pub v: Vec<wgpu::Buffer>,
+    /// Per layer, `q4c`'s pending values of K and of V (empty for the other types).
+    k_pending: Vec<wgpu::Buffer>,
+    v_pending: Vec<wgpu::Buffer>,
     ev: Option<Eviction>,
     staging: Option<Staging>,
     used: usize,
@@ -186,6 +217,8 @@ impl KvCache {
             plan,
             k: Vec::new(),
             v: Vec::new(),
+            k_pending: Vec::new(),
+            v_pending: Vec::new(),
             ev: None,
             staging: None,
             used: 0,
@@ -205,13 +238,6 @@ impl KvCache {
             )));
         }
         for ty in [config.k_type, config.v_type] {
-            if ty.blocks_slots() {
-                return Err(Error::InvalidArgument(format!(
-                    "KV type {} runs on the cpu device (--device cpu); the GPU kernels store \
-                     f16, q8 and q4",
-                    ty.name()
-                )));
-            }
             if !ty.supports(config.head_dim) {
                 return Err(Error::InvalidArgument(format!(
                     "KV type {} cannot store head dim {} (f16 needs it even, q8/q4 a multiple of 32)",
@@ -283,9 +309,18 @@ impl KvCache {
         } else {
             None
         };
+        let pending = |name: &str, words: usize| {
+            if words == 0 {
+                Ok(Vec::new())
+            } else {
+                make(name, words)
+            }
+        };
         Ok(Self {
             k: make("k", config.k_layer_words())?,
             v: make("v", config.v_layer_words())?,
+            k_pending: pending("k.pending", config.k_pending_words())?,
+            v_pending: pending("v.pending", config.v_pending_words())?,
             ev,
             staging,
             config,
@@ -374,6 +409,17 @@ impl KvCache {
                 score: ev.spare_s.as_ref(),
             };
             kv_compact::record(ctx, enc, &cfg, cfg.capacity, sel.keep, &ev.kept, &src, &dst)?;
+            let (k_pending, v_pending) = (self.k_pending.get(l), self.v_pending.get(l));
+            for (from, to, pending) in [
+                (&self.k[l], &ev.spare_k, k_pending),
+                (&self.v[l], &ev.spare_v, v_pending),
+            ] {
+                if let Some(pending) = pending {
+                    let dst = Q4cBuffers { cache: to, pending };
+                    let (hd, cap, keep) = (cfg.head_dim, cfg.capacity, sel.keep);
+                    kv_q4c::record_compact(ctx, enc, &cfg, hd, cap, keep, &ev.kept, from, &dst)?;
+                }
+            }
             std::mem::swap(&mut self.k[l], &mut ev.spare_k);
             std::mem::swap(&mut self.v[l], &mut ev.spare_v);
             if let (Some(s), Some(spare)) = (ev.scores.get_mut(l), ev.spare_s.as_mut()) {
@@ -391,6 +437,8 @@ impl KvCache {
             k: &self.k[l],
             v: &self.v[l],
             score: self.scores(l),
+            k_pending: self.k_pending.get(l),
+            v_pending: self.v_pending.get(l),
         }
     }
 
@@ -415,16 +463,22 @@ impl KvCache {
                 self.plan.oneshot
             )));
         }
-        let (cfg, cap, used) = (self.config, st.cfg.capacity, self.used as u64);
+        let (cfg, cap, used) = (self.config, st.cfg.capacity, self.used);
         let pairs = [
-            (&self.k[l], &st.k, cfg.k_row_words()),
-            (&self.v[l], &st.v, cfg.v_row_words()),
+            (&self.k[l], &st.k, cfg.k_row_words(), cfg.k_type),
+            (&self.v[l], &st.v, cfg.v_row_words(), cfg.v_type),
         ];
-        for (src, dst, row) in pairs.into_iter().filter(|_| used > 0) {
+        for (src, dst, row, ty) in pairs.into_iter().filter(|_| used > 0) {
             let row = 4 * row as u64;
+            // A q4c block's (step, minimum) pairs sit in all of its rows: whole blocks.
+            let rows = if ty.blocks_slots() {
+                used.next_multiple_of(Q4C_SLOTS)
+            } else {
+                used
+            } as u64;
             for h in 0..cfg.n_kv_heads as u64 {
                 let (from, to) = (h * cfg.capacity as u64 * row, h * cap as u64 * row);
-                enc.copy_buffer_to_buffer(src, from, dst, to, used * row);
+                enc.copy_buffer_to_buffer(src, from, dst, to, rows * row);
             }
         }
         Ok(LayerView {
@@ -432,6 +486,8 @@ impl KvCache {
             k: &st.k,
             v: &st.v,
             score: Some(&st.score),
+            k_pending: self.k_pending.get(l),
+            v_pending: self.v_pending.get(l),
         })
     }
 
@@ -465,7 +521,19 @@ impl KvCache {
             v: &self.v[l],
             score: ev.scores.get(l),
         };
-        kv_compact::record(ctx, enc, &self.config, cap, sel.keep, &ev.kept, &src, &dst)
+        kv_compact::record(ctx, enc, &self.config, cap, sel.keep, &ev.kept, &src, &dst)?;
+        let pairs = [
+            (&st.k, &self.k[l], self.k_pending.get(l)),
+            (&st.v, &self.v[l], self.v_pending.get(l)),
+        ];
+        for (from, to, pending) in pairs {
+            if let Some(pending) = pending {
+                let dst = Q4cBuffers { cache: to, pending };
+                let (cfg, hd) = (&self.config, self.config.head_dim);
+                kv_q4c::record_compact(ctx, enc, cfg, hd, cap, sel.keep, &ev.kept, from, &dst)?;
+            }
+        }
+        Ok(())
     }
 
     /// Count a one-shot eviction of a chunk of `m` tokens in every layer.

@@ -1,7 +1,7 @@
 //! The KV cache: storage, budgets, eviction and memory accounting. [`KvPlan`] resolves a
 //! session's [`KvOptions`] (budget, policy, storage types) into slots; [`KvCache`] holds
-//! the K and V of every layer on the GPU in their [`KvType`] (f16, q8, q4; q4c on the CPU
-//! device), with the per-slot scores the score-based policies keep.
+//! the K and V of every layer on the GPU in their [`KvType`] (f16, q8, q4, q4c), with the
+//! per-slot scores the score-based policies keep.
 
 mod cache;
 mod config;
