@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use clap::Args;
 use kvedge_runtime::gpu::{DeviceOptions, GpuContext, GpuMatrix};
-use kvedge_runtime::kernels::{attention, copy, matmul, matvec};
-use kvedge_runtime::kv::{encode_row, KvCacheConfig, KvType};
+use kvedge_runtime::kernels::{attention, copy, kv_store, matmul, matvec};
+use kvedge_runtime::kv::{encode_row, KvCacheConfig, KvType, Q4C_SLOTS};
 use kvedge_runtime::quant::{random_blocks, GgmlType};
 use kvedge_runtime::rng::SplitMix64;
 use kvedge_runtime::wgpu;
@@ -197,26 +197,40 @@ fn bench_matmul(ctx: &GpuContext, a: &BenchArgs, types: &[GgmlType]) -> Res<Vec<
 fn bench_attention(ctx: &GpuContext, a: &BenchArgs) -> Res<Vec<Row>> {
     let (n_heads, n_kv, hd) = (32usize, 8usize, 128usize);
     let mut rows = Vec::new();
-    for ty in [KvType::F16, KvType::Q8, KvType::Q4] {
+    // q4c keys with q4 values, as `--kv-type q4c` stores them.
+    for (ty, vty) in [
+        (KvType::F16, KvType::F16),
+        (KvType::Q8, KvType::Q8),
+        (KvType::Q4, KvType::Q4),
+        (KvType::Q4C, KvType::Q4),
+    ] {
         let cfg = KvCacheConfig {
             n_layers: 1,
             n_kv_heads: n_kv,
             head_dim: hd,
-            capacity: a.slots,
+            capacity: a.slots.next_multiple_of(Q4C_SLOTS),
             k_type: ty,
-            v_type: ty,
+            v_type: vty,
         };
         let mut rng = SplitMix64::new(ty.shader_id() as u64 + 7);
-        let row = ty.row_words(hd);
-        let mut words = vec![0u32; n_kv * a.slots * row];
-        let mut x = vec![0.0f32; hd];
-        for r in words.chunks_exact_mut(row) {
-            x.iter_mut().for_each(|v| *v = rng.uniform(-1.0, 1.0));
-            encode_row(ty, &x, r);
-        }
-        let kc = ctx.upload("bench.k", &words)?;
-        let vc = ctx.upload("bench.v", &words)?;
-        drop(words);
+        let mut encoded = |ty: KvType| -> Vec<u32> {
+            let row = ty.row_words(hd);
+            let mut words = vec![0u32; n_kv * cfg.capacity * row];
+            if ty.blocks_slots() {
+                let x = rng.vec_f32(cfg.capacity * n_kv * hd, -1.0, 1.0);
+                let mut pending = vec![0.0f32; cfg.k_pending_words()];
+                kv_store::reference_q4c(&cfg, hd, &x, &mut words, &mut pending, cfg.capacity, 0);
+            } else {
+                let mut x = vec![0.0f32; hd];
+                for r in words.chunks_exact_mut(row) {
+                    x.iter_mut().for_each(|v| *v = rng.uniform(-1.0, 1.0));
+                    encode_row(ty, &x, r);
+                }
+            }
+            words
+        };
+        let kc = ctx.upload("bench.k", &encoded(ty))?;
+        let vc = ctx.upload("bench.v", &encoded(vty))?;
         let q = ctx.upload("bench.q", &rng.vec_f32(n_heads * hd, -1.0, 1.0))?;
         let out = ctx.storage_f32("bench.out", n_heads * hd)?;
         let lse = ctx.storage_f32("bench.lse", n_heads)?;
@@ -239,9 +253,13 @@ fn bench_attention(ctx: &GpuContext, a: &BenchArgs) -> Res<Vec<Row>> {
             )?)
         };
         let bytes = (4 * n_kv * a.slots * (cfg.k_row_words() + cfg.v_row_words())) as f64;
+        let types = if ty == vty {
+            ty.name().to_string()
+        } else {
+            format!("K {} V {}", ty.name(), vty.name())
+        };
         let config = format!(
-            "decode, {} KV, {} slots x {n_kv} KV heads of {hd}, {n_heads} heads",
-            ty.name(),
+            "decode, {types} KV, {} slots x {n_kv} KV heads of {hd}, {n_heads} heads",
             a.slots
         );
         rows.push(measure(
