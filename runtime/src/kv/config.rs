@@ -293,6 +293,13 @@ impl KvGeometry {
         let words = k.row_words(self.head_dim) + v.row_words(self.head_dim);
         (4 * words * self.n_layers * self.n_kv_heads) as u64
     }
+
+    /// Bytes a cache takes whatever its slots: `q4c`'s pending values (f32, one block of
+    /// 32 slots per layer and KV head, for each of K and V stored so).
+    pub fn fixed_bytes(&self, k: KvType, v: KvType) -> u64 {
+        let blocks = [k, v].iter().filter(|t| t.blocks_slots()).count();
+        (4 * blocks * Q4C_SLOTS * self.head_dim * self.n_layers * self.n_kv_heads) as u64
+    }
 }
 
 /// A resolved configuration: how many slots to allocate and how evictions split them.
@@ -349,7 +356,8 @@ impl KvPlan {
             }
             (_, Some(KvBudget::Tokens(n))) => n,
             (_, Some(KvBudget::Bytes(b))) => {
-                (b / geom.bytes_per_slot(opts.k_type, opts.v_type)) as usize
+                let fixed = geom.fixed_bytes(opts.k_type, opts.v_type);
+                (b.saturating_sub(fixed) / geom.bytes_per_slot(opts.k_type, opts.v_type)) as usize
             }
         };
         // A per-channel cache quantizes blocks of 32 slots: a budget buys whole blocks.
@@ -586,6 +594,29 @@ mod tests {
         assert_eq!(G.bytes_per_slot(KvType::Q8, KvType::Q4), 30 * 3 * (68 + 36));
         assert_eq!(p.slots, (64 << 20) / 23040);
         assert_eq!(p.keep, p.slots - 364);
+        // q4c keys buy whole blocks of 32 slots, and a byte budget pays for the pending
+        // values first; the full cache rounds its context up to whole blocks.
+        let q4c = |budget| KvOptions {
+            k_type: KvType::Q4C,
+            v_type: KvType::Q4,
+            ..opts(KvPolicy::Window, budget)
+        };
+        let p = KvPlan::new(&q4c(Some(KvBudget::Bytes(16 << 20))), G, 8192, 512).unwrap();
+        let cfg = p.cache_config(G);
+        assert_eq!(p.slots % 32, 0);
+        assert_eq!(cfg.capacity, p.slots);
+        assert!(cfg.total_bytes() <= 16 << 20, "{}", cfg.total_bytes());
+        assert!(cfg.total_bytes() + 32 * G.bytes_per_slot(KvType::Q4C, KvType::Q4) > 16 << 20);
+        assert_eq!(G.fixed_bytes(KvType::Q4C, KvType::Q4), 4 * 32 * 64 * 30 * 3);
+        let p = KvPlan::new(&q4c(Some(KvBudget::Tokens(1000))), G, 8192, 512).unwrap();
+        assert_eq!((p.slots, p.cache_config(G).capacity), (992, 992));
+        let full = KvOptions {
+            policy: KvPolicy::Full,
+            ..q4c(None)
+        };
+        let p = KvPlan::new(&full, G, 1000, 512).unwrap();
+        assert_eq!((p.slots, p.cache_config(G).capacity), (1000, 1024));
+        assert_eq!(p.staging_capacity(1024), 1024);
         for policy in [KvPolicy::Window, KvPolicy::H2o, KvPolicy::Nacl] {
             let p = KvPlan::new(&opts(policy, Some(KvBudget::Tokens(1638))), G, 8192, 512).unwrap();
             if policy == KvPolicy::Nacl {
