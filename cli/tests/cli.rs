@@ -504,7 +504,9 @@ fn kernel_benchmarks_report_a_rate_for_every_kernel() {
             "{kernel} missing: {stdout}"
         );
     }
-    assert_eq!(stdout.matches("\"rate\":").count(), 6, "{stdout}");
+    // matvec, matmul, attention over f16 / q8 / q4 / q4c keys, copy.
+    assert_eq!(stdout.matches("\"rate\":").count(), 7, "{stdout}");
+    assert!(stdout.contains("K q4c V q4 KV"), "{stdout}");
     let (ok, _, err) = kvedge(&["bench", "--kernels", "--kernel", "gemm"]);
     assert!(!ok && err.contains("unknown kernel 'gemm'"), "{err}");
 }

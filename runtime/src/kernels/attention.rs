@@ -1,5 +1,5 @@
 //! Causal grouped-query attention over the KV cache in its storage types
-//! (`shaders/attention.wgsl`; f16, q8 or q4 rows decoded in registers) for a
+//! (`shaders/attention.wgsl`; f16, q8, q4 or q4c rows decoded in registers) for a
 //! chunk of queries in cache slots `n_past..n_past + n_tokens` (prefill) or a single query
 //! (decode). Online softmax over blocks of keys (FlashAttention, Dao et al., 2022), so
 //! memory stays O(head_dim) per (query, head) at any context length.
