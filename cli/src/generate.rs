@@ -37,6 +37,10 @@ pub struct ModelArgs {
     /// runs the original K/V projections from the same file
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub kv_lowrank: String,
+    /// Attention-Gate file for --kv-policy gate (from tools/train-gates; refused when
+    /// trained for another model)
+    #[arg(long)]
+    pub kv_gates: Option<PathBuf>,
     #[command(flatten)]
     pub kv: KvArgs,
 }
@@ -75,7 +79,8 @@ pub struct KvArgs {
     #[arg(long)]
     pub kv_budget: Option<KvBudget>,
     /// What an over-budget cache drops: full (nothing), window (sinks + recent),
-    /// h2o (heavy hitters), nacl (proxy-query scores + random)
+    /// h2o (heavy hitters), nacl (proxy-query scores + random), gate (learned
+    /// Attention-Gate scores; needs --kv-gates or a model with gates)
     #[arg(long, default_value = "full")]
     pub kv_policy: KvPolicy,
     /// Attention-sink tokens every policy keeps
@@ -225,6 +230,7 @@ pub fn load_model(args: &ModelArgs) -> Result<(PathBuf, Model), Box<dyn std::err
         device: args.device.clone(),
         max_gpu_bytes: args.gpu_mem,
         ignore_lowrank: args.kv_lowrank == "off",
+        gates: args.kv_gates.clone(),
         ..Default::default()
     };
     let model = Model::load(&path, &opts, &mut |_, _| {})?;
@@ -252,6 +258,7 @@ fn load(args: &ModelArgs, quiet: bool) -> Result<(Model, Session), Box<dyn std::
         device: args.device.clone(),
         max_gpu_bytes: args.gpu_mem,
         ignore_lowrank: args.kv_lowrank == "off",
+        gates: args.kv_gates.clone(),
         ..Default::default()
     };
     let model = Model::load(&path, &opts, &mut |done, total| {

@@ -6,6 +6,7 @@
 //! - `kvedge bench --kernels`: GB/s of the dequantizing matvec kernels per quant type on
 //!   the adapter at hand.
 //! - `kvedge run -p PROMPT`: stream a completion; `kvedge chat`: multi-turn chat.
+//! - `kvedge tokenize`: a text's token ids, for the gate trainer.
 
 mod bench;
 mod bench_model;
@@ -19,6 +20,7 @@ mod needle;
 mod roofline;
 mod sweep;
 mod synth;
+mod tokenize;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +63,8 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Factor a model's K/V projections into Palu low-rank latents (a new GGUF).
     Compress(compress::CompressArgs),
+    /// Write a text's token ids (little-endian u32), for the gate trainer.
+    Tokenize(tokenize::TokenizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => generate::chat(&args),
         Command::Eval(cmd) => eval::run(&cmd),
         Command::Synth(args) => synth::run(&args),
+        Command::Tokenize(args) => tokenize::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

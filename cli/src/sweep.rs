@@ -36,7 +36,8 @@ pub struct SweepArgs {
     /// What to measure
     #[arg(long, value_enum)]
     pub task: SweepTask,
-    /// Methods: full, q8, q4, window, h2o, nacl (one row per budget) and tidal:K (needle only)
+    /// Methods: full, q8, q4, q4c, window, h2o, nacl, gate (one row per budget; gate needs
+    /// --kv-gates) and tidal:K (needle only)
     #[arg(
         long,
         value_delimiter = ',',
@@ -143,7 +144,7 @@ fn methods(
                     ..full.clone()
                 },
             }),
-            "window" | "h2o" | "nacl" => {
+            "window" | "h2o" | "nacl" | "gate" => {
                 let policy: KvPolicy = name.parse()?;
                 for &pct in budgets {
                     let slots = n * pct as usize / 100;
@@ -187,7 +188,7 @@ fn methods(
             }
             other => {
                 return Err(format!(
-                    "unknown method '{other}': expected full, q8, q4, q4c, window, h2o, nacl or tidal:K"
+                    "unknown method '{other}': expected full, q8, q4, q4c, window, h2o, nacl, gate or tidal:K"
                 ))
             }
         }
@@ -196,7 +197,7 @@ fn methods(
 }
 
 /// The user's KV flags that every method of the sweep inherits, as command-line text.
-fn inherited_flags(a: &KvArgs) -> String {
+fn inherited_flags(a: &KvArgs, gates: Option<&PathBuf>) -> String {
     let mut f = Vec::new();
     if a.kv_sinks != 4 {
         f.push(format!("--kv-sinks {}", a.kv_sinks));
@@ -209,6 +210,9 @@ fn inherited_flags(a: &KvArgs) -> String {
     }
     if let Some(on) = a.kv_rotate.0 {
         f.push(format!("--kv-rotate {}", if on { "on" } else { "off" }));
+    }
+    if let Some(g) = gates {
+        f.push(format!("--kv-gates {}", g.display()));
     }
     if let Some((s, r)) = a.tidal_layers {
         f.push(format!("--tidal-layers {s},{r}"));
@@ -226,7 +230,7 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
         .file_name()
         .map_or(path.display().to_string(), |f| f.to_string_lossy().into());
     let base = args.model.kv.options();
-    let inherited = inherited_flags(&args.model.kv);
+    let inherited = inherited_flags(&args.model.kv, args.model.kv_gates.as_ref());
     let device = format!("{:?}", args.model.device).to_lowercase();
     let mut rows = Vec::new();
     match args.task {

@@ -5,6 +5,7 @@
 //! (Qwen2/2.5).
 
 mod error;
+pub mod gate;
 mod hparams;
 pub mod llama;
 pub mod lowrank;
@@ -14,6 +15,7 @@ pub mod synth;
 mod tensors;
 
 pub use error::ModelError;
+pub use gate::Gates;
 pub use hparams::{Arch, HParams, RopeScaling, TokenizerInfo};
 pub use lowrank::LowRank;
 pub use memory::{MemoryReport, MemoryReservation};

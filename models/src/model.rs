@@ -48,6 +48,8 @@ pub struct LoadOptions {
     /// Run a file with Palu low-rank factors through its original K/V projections
     /// (`--kv-lowrank off`); without factors this changes nothing.
     pub ignore_lowrank: bool,
+    /// A gate file for the `gate` KV policy (`--kv-gates FILE`, see [`crate::gate`]).
+    pub gates: Option<std::path::PathBuf>,
 }
 
 /// Settings of a session.
@@ -166,6 +168,9 @@ impl Model {
         let mut llama = LlamaModel::open(path)?;
         if opts.ignore_lowrank {
             llama.lowrank = None;
+        }
+        if let Some(path) = &opts.gates {
+            llama.attach_gates(path)?;
         }
         let llama = Arc::new(llama);
         let tokenizer = Arc::new(Tokenizer::from_gguf(&llama.file)?);

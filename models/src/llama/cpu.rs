@@ -16,7 +16,7 @@ use super::cpu_lowrank::{self, Latents};
 use kvedge_runtime::gguf::TensorInfo;
 use kvedge_runtime::kernels::lowrank_rebuild::{self, RebuildShape};
 use kvedge_runtime::kernels::{
-    add, embed, hadamard, kv_compact, kv_select, kv_store, rmsnorm, rope, silu_mul,
+    add, embed, hadamard, kv_compact, kv_gate, kv_select, kv_store, rmsnorm, rope, silu_mul,
 };
 use kvedge_runtime::kv::{
     KvBudget, KvCacheConfig, KvOptions, KvPlan, KvPolicy, KvStats, KvType, TidalRole,
@@ -69,6 +69,9 @@ pub struct CpuForward {
     /// TidalDecode's last selection ([n_kv_heads][k]).
     tidal_sel: Vec<u32>,
     observer: Option<LayerObserver>,
+    /// Attention-Gate: per layer, the ring of the last `window` tokens' gate keys and
+    /// values (`kernels::kv_gate`); empty unless the policy is `gate`.
+    gate_ring: Vec<Vec<f32>>,
 }
 
 /// Dot product in f32 (`quant::dot::dot_f32`: 16 lanes, AVX2 where the CPU has it).
@@ -235,6 +238,17 @@ impl CpuForward {
                 }
             }
         }
+        let gate_ring = match (plan.policy, &model.gates) {
+            (KvPolicy::Gate, Some(g)) => vec![vec![0.0; g.shape.ring_len()]; hp.n_layers],
+            (KvPolicy::Gate, None) => {
+                return Err(ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(
+                    "KV policy 'gate' needs Attention-Gate gates: pass a gate file \
+                     (--kv-gates FILE, from tools/train-gates) or a model that carries them"
+                        .into(),
+                )))
+            }
+            _ => Vec::new(),
+        };
         let sel_heads = store[0].0.n_kv_heads;
         let scores = if plan.policy.scores() {
             vec![vec![0.0; sel_heads * plan.slots]; hp.n_layers]
@@ -275,8 +289,15 @@ impl CpuForward {
             chunk: chunk.min(plan.max_chunk()),
             tidal_sel: Vec::new(),
             observer: None,
+            gate_ring,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
+    }
+
+    /// Layer `layer`'s slot scores ([selection heads][capacity]: accumulated attention
+    /// under H2O/NACL, the gates' scores under `gate`); None for the other policies.
+    pub fn slot_scores(&self, layer: usize) -> Option<&[f32]> {
+        self.scores.get(layer).map(|s| s.as_slice())
     }
 
     /// Call `obs` with each layer's normalized attention input from now on.
@@ -480,6 +501,18 @@ impl CpuForward {
             if let Some(obs) = self.observer.as_mut() {
                 obs(l, &xn, m);
             }
+            // Attention-Gate scores of the chunk's tokens ([m][n_kv_heads]).
+            let gate_scores = match (self.gate_ring.get_mut(l), &model.gates) {
+                (Some(ring), Some(g)) => Some(kv_gate::reference(
+                    &g.shape,
+                    &g.layers[l],
+                    &xn,
+                    m,
+                    self.position,
+                    ring,
+                )?),
+                _ => None,
+            };
             let mut q = self.proj(&b("attn_q.weight"), &xn, m)?;
             if hp.arch.qkv_bias() {
                 add::reference(&mut q, &model.vector(&b("attn_q.bias"))?);
@@ -707,6 +740,21 @@ impl CpuForward {
                 if let Some(p) = self.slot_pos.get_mut(l) {
                     kv_compact::reference(&kst, 1, sel.keep, &kept, &mut sp);
                     unstage_rows(&kst, &kt, 1, sel.keep, &sp, p);
+                }
+            }
+            if let Some(gs) = &gate_scores {
+                // Each stored slot's score is its gate's; a latent group takes its heads'
+                // highest.
+                let (cap, nkv) = (self.cfg.capacity, hp.n_kv_heads);
+                let sel_heads = self.store[l].0.n_kv_heads;
+                let per = nkv / sel_heads;
+                let scores = &mut self.scores[l];
+                for sh in 0..sel_heads {
+                    for i in 0..m {
+                        let row = &gs[i * nkv + sh * per..i * nkv + (sh + 1) * per];
+                        scores[sh * cap + self.used + i] =
+                            row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    }
                 }
             }
             let mut att = att;

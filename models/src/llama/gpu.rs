@@ -255,6 +255,13 @@ impl GpuForward {
         kv: &KvOptions,
     ) -> Result<Self, ModelError> {
         let hp = &model.hp;
+        if kv.policy == KvPolicy::Gate {
+            return Err(ModelError::Runtime(Error::InvalidArgument(
+                "KV policy 'gate' (Attention-Gate) runs on the CPU device only so far: \
+                 use --device cpu"
+                    .into(),
+            )));
+        }
         if chunk == 0 || context == 0 {
             return Err(ModelError::Runtime(Error::InvalidArgument(
                 "chunk and context must be positive".into(),

@@ -23,7 +23,7 @@ use kvedge_runtime::gguf::GgufFile;
 use kvedge_runtime::kernels::rope::RopeConfig;
 use kvedge_runtime::quant::dequantize;
 
-use crate::{check_tensors, HParams, LowRank, ModelError, RopeScaling};
+use crate::{check_tensors, Gates, HParams, LowRank, ModelError, RopeScaling};
 
 /// A loaded llama-family GGUF: the mapped file, its hyperparameters, whether the output
 /// matrix is tied to the embedding.
@@ -34,6 +34,9 @@ pub struct LlamaModel {
     /// Palu factors of the K/V projections, when the file has them and they are in use
     /// (see [`crate::lowrank`]); None runs the original projections.
     pub lowrank: Option<LowRank>,
+    /// Attention-Gate eviction gates (the `gate` KV policy), from the model file itself or
+    /// attached from a gate file ([`Self::attach_gates`]).
+    pub gates: Option<Arc<Gates>>,
 }
 
 impl LlamaModel {
@@ -75,12 +78,25 @@ impl LlamaModel {
             }
         }
         let lowrank = LowRank::from_gguf(&file, &hp)?;
+        let gates = if Gates::present(&file) {
+            Some(Arc::new(Gates::load(&file, &file, &hp)?))
+        } else {
+            None
+        };
         Ok(Self {
             file,
             hp,
             tied_output,
             lowrank,
+            gates,
         })
+    }
+
+    /// Use the gates of the gate file at `path` (refused when trained for another model).
+    pub fn attach_gates(&mut self, path: impl AsRef<Path>) -> Result<(), ModelError> {
+        let gates = GgufFile::open(path)?;
+        self.gates = Some(Arc::new(Gates::load(&gates, &self.file, &self.hp)?));
+        Ok(())
     }
 
     /// The name of the output matrix (the embedding when tied).

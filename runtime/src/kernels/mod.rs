@@ -17,6 +17,7 @@ pub mod copy;
 pub mod embed;
 pub mod hadamard;
 pub mod kv_compact;
+pub mod kv_gate;
 pub mod kv_q4c;
 pub mod kv_select;
 pub mod kv_store;

@@ -31,6 +31,13 @@
 //!   same way): the question attends to where a span starts, and the answer needs the
 //!   whole span. This is our addition to the paper's method; `--kv-pool 0` turns it off.
 //!
+//! - `gate` (Attention-Gate, Zeng et al., 2024, arXiv 2410.12876): sinks, the most recent
+//!   eighth, the rest by the learned gates' score (`kernels::kv_gate`), written once per
+//!   token and layer when the token is stored. The gates' threshold flags what they would
+//!   evict; kvedge keeps the budget as the allocation and evicts lowest score first, so a
+//!   flagged-out token goes before any kept one and is held only while the budget has room
+//!   (more than the gates asked for, never less).
+//!
 //! Sparse decode (TidalDecode, Yang et al., 2024, arXiv 2410.05076) saves reads, not
 //! memory: for each decoded token the layers before the token-selection layer attend
 //! densely; the selection layer attends densely and then picks, per KV head, the `k`
@@ -103,14 +110,17 @@ pub enum KvPolicy {
     Window,
     H2o,
     Nacl,
+    /// Attention-Gate: learned per-token scores (`kernels::kv_gate`; needs gates).
+    Gate,
 }
 
 impl KvPolicy {
-    pub const NAMES: &'static str = "full, window, h2o, nacl";
+    pub const NAMES: &'static str = "full, window, h2o, nacl, gate";
 
-    /// Whether the policy ranks slots by a running attention score.
+    /// Whether the policy ranks slots by a per-slot score (attention for H2O and NACL,
+    /// the gates' output for `gate`).
     pub fn scores(self) -> bool {
-        matches!(self, KvPolicy::H2o | KvPolicy::Nacl)
+        matches!(self, KvPolicy::H2o | KvPolicy::Nacl | KvPolicy::Gate)
     }
 
     pub fn name(self) -> &'static str {
@@ -119,6 +129,7 @@ impl KvPolicy {
             KvPolicy::Window => "window",
             KvPolicy::H2o => "h2o",
             KvPolicy::Nacl => "nacl",
+            KvPolicy::Gate => "gate",
         }
     }
 }
@@ -131,6 +142,7 @@ impl FromStr for KvPolicy {
             "window" => Ok(KvPolicy::Window),
             "h2o" => Ok(KvPolicy::H2o),
             "nacl" => Ok(KvPolicy::Nacl),
+            "gate" => Ok(KvPolicy::Gate),
             other => Err(format!(
                 "unknown KV policy '{other}': expected one of {}",
                 Self::NAMES
@@ -345,7 +357,7 @@ impl KvPlan {
             (KvPolicy::Full, Some(b)) => {
                 return Err(Error::InvalidArgument(format!(
                     "a KV budget ({b:?}) needs an eviction policy ({}) to stay within it",
-                    "window, h2o or nacl"
+                    "window, h2o, nacl or gate"
                 )))
             }
             (p, None) => {
@@ -469,6 +481,9 @@ impl KvPlan {
                 let n_score = ((rest - recent) * 12).div_ceil(19);
                 (recent, n_score, rest - recent - n_score)
             }
+            // The gates protect recent tokens themselves only through training; keep an
+            // eighth of the budget recent so a fresh span is whole, the rest by score.
+            KvPolicy::Gate => (rest / 8, rest - rest / 8, 0),
         };
         SelectPlan {
             n,
