@@ -187,3 +187,45 @@ fn gate_policy_evicts_lowest_scores_first() {
         }
     }
 }
+
+#[test]
+fn gpu_gate_policy_matches_cpu() {
+    use kvedge_models::llama::gpu::{GpuForward, GpuWeights};
+    use kvedge_runtime::kernels::check::{compare, test_context};
+    let Some(ctx) = test_context() else { return };
+    for arch in ["llama", "qwen2"] {
+        let model = gated(arch);
+        let weights = Arc::new(GpuWeights::upload(ctx, &model).unwrap());
+        let kv = gate_opts(48);
+        let mut gpu = GpuForward::new(ctx.clone(), model.clone(), weights, 256, 16, &kv).unwrap();
+        let mut cpu = CpuForward::new(model.clone(), 256, 16, &kv).unwrap();
+        let prompt: Vec<u32> = (0..100).map(|i| (i * 37 + 5) % 260).collect();
+        let vocab = model.hp.n_vocab;
+        let mut g = gpu.forward(&prompt).unwrap();
+        let c = cpu.forward(&prompt).unwrap();
+        let mut c = c[(prompt.len() - 1) * vocab..].to_vec();
+        let mut worst = 0.0f64;
+        for step in 0..=12 {
+            let cmp = compare(&g, &c);
+            worst = worst.max(cmp.max_err);
+            let (gs, cs) = (gpu.kv().stats(), cpu.kv_stats());
+            assert_eq!(
+                (gs.used, gs.evicted, gs.evictions),
+                (cs.used, cs.evicted, cs.evictions),
+                "{arch} step {step}: both devices evict alike"
+            );
+            assert!(gs.used <= gs.slots && gs.evictions > 0, "{gs:?}");
+            if step == 12 {
+                break;
+            }
+            let next = (step * 61 + 7) as u32 % 260;
+            g = gpu.forward(&[next]).unwrap();
+            c = cpu.forward(&[next]).unwrap();
+        }
+        eprintln!("{arch}: gate policy, GPU vs CPU worst normalized logit error {worst:.2e}");
+        assert!(
+            worst < 2e-2,
+            "{arch}: GPU vs CPU logits differ by {worst:.2e}"
+        );
+    }
+}

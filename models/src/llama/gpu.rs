@@ -10,6 +10,7 @@ use std::sync::Arc;
 use kvedge_runtime::gpu::{GpuContext, GpuMatrix};
 use kvedge_runtime::kernels::attention::Selection;
 use kvedge_runtime::kernels::attn_score::{self, ScoreRange};
+use kvedge_runtime::kernels::kv_gate::{self, GateBuffers, GateShape};
 use kvedge_runtime::kernels::kv_select;
 use kvedge_runtime::kernels::lowrank_rebuild::{self, RebuildShape};
 use kvedge_runtime::kernels::{
@@ -189,6 +190,16 @@ struct Scratch {
 
 /// TidalDecode's per-step buffers: scores of every slot, selection scratch, and the
 /// selected slots [n_kv_heads][k].
+/// Attention-Gate's buffers (`kernels::kv_gate`): per layer the packed gate weights and
+/// the ring of the last `window` tokens' gate keys and values, and one scratch for a
+/// chunk's projections.
+struct GpuGates {
+    shape: GateShape,
+    weights: Vec<wgpu::Buffer>,
+    rings: Vec<wgpu::Buffer>,
+    qkv: wgpu::Buffer,
+}
+
 struct TidalBuffers {
     score: wgpu::Buffer,
     mark: wgpu::Buffer,
@@ -231,6 +242,7 @@ pub struct GpuForward {
     chunk: usize,
     s: Scratch,
     tidal: Option<TidalBuffers>,
+    gates: Option<GpuGates>,
     latents: Option<GpuLatents>,
     /// [rows][n_vocab] logits of every token, allocated on first use by `forward_all`.
     logits_all: Option<(wgpu::Buffer, usize)>,
@@ -255,13 +267,6 @@ impl GpuForward {
         kv: &KvOptions,
     ) -> Result<Self, ModelError> {
         let hp = &model.hp;
-        if kv.policy == KvPolicy::Gate {
-            return Err(ModelError::Runtime(Error::InvalidArgument(
-                "KV policy 'gate' (Attention-Gate) runs on the CPU device only so far: \
-                 use --device cpu"
-                    .into(),
-            )));
-        }
         if chunk == 0 || context == 0 {
             return Err(ModelError::Runtime(Error::InvalidArgument(
                 "chunk and context must be positive".into(),
@@ -376,6 +381,28 @@ impl GpuForward {
             xlast: f("xlast", e)?,
             logits: f("logits", hp.n_vocab)?,
         };
+        let gates = match (kv.plan.policy, &model.gates) {
+            (KvPolicy::Gate, Some(g)) => Some(GpuGates {
+                shape: g.shape,
+                weights: g
+                    .layers
+                    .iter()
+                    .map(|w| ctx.upload("gate.weights", &w.packed()))
+                    .collect::<Result<_, _>>()?,
+                rings: (0..hp.n_layers)
+                    .map(|_| f("gate.ring", g.shape.ring_len()))
+                    .collect::<Result<_, _>>()?,
+                qkv: f("gate.qkv", chunk * 3 * g.shape.width())?,
+            }),
+            (KvPolicy::Gate, None) => {
+                return Err(ModelError::Runtime(Error::InvalidArgument(
+                    "KV policy 'gate' needs Attention-Gate gates: pass a gate file \
+                     (--kv-gates FILE, from tools/train-gates) or a model that carries them"
+                        .into(),
+                )))
+            }
+            _ => None,
+        };
         let tidal = match kv.plan.tidal {
             Some(t) => {
                 let per_head = hp.n_kv_heads * kv.config.capacity;
@@ -395,6 +422,7 @@ impl GpuForward {
             chunk,
             s,
             tidal,
+            gates,
             latents,
             logits_all: None,
             _memory: None,
@@ -643,6 +671,17 @@ impl GpuForward {
                     ctx, &mut enc, &view.cfg, &s.k, &s.v, view.k, view.v, m, n_past,
                 )?;
                 view.store_blocks(ctx, &mut enc, &s.k, &s.v, m, n_past)?;
+                if let (Some(g), Some(score)) = (&self.gates, view.score) {
+                    let bufs = GateBuffers {
+                        weights: &g.weights[l],
+                        ring: &g.rings[l],
+                        qkv: &g.qkv,
+                    };
+                    let cap = view.cfg.capacity;
+                    kv_gate::record(
+                        ctx, &mut enc, &g.shape, &s.xn, &bufs, score, cap, m, pos0, n_past,
+                    )?;
+                }
                 view
             };
             let cfg = &view.cfg;

@@ -18,10 +18,38 @@
 //! with every token, which is what eviction is meant to avoid. Without RoPE the gate sees
 //! position only through the window's edge; the model's own keys carry position already.
 //!
-//! This module is the scalar CPU reference the CPU device runs and the trainer's parity
-//! fixture checks.
+//! `shaders/kv_gate.wgsl` runs it on the GPU in three dispatches per chunk (project,
+//! score, ring update); [`reference`] is the scalar CPU form the CPU device runs, the
+//! trainer's parity fixture checks and the kernel's test holds the GPU to.
 
+use bytemuck::{Pod, Zeroable};
+
+use super::{need_f32, plain_pipeline, to_u32};
+use crate::gpu::GpuContext;
 use crate::{Error, Result};
+
+const WGSL: &str = include_str!("../../../shaders/kv_gate.wgsl");
+
+/// Widest gate (heads · head_dim) the kernel holds in registers.
+pub const MAX_WIDTH: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct KvGateParams {
+    n_embd: u32,
+    hd: u32,
+    heads: u32,
+    head_dim: u32,
+    n_kv: u32,
+    window: u32,
+    m: u32,
+    pos0: u32,
+    slot0: u32,
+    capacity: u32,
+    mode: u32,
+    _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<KvGateParams>() == 48);
 
 /// The gate module's shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +105,90 @@ impl GateWeights {
         }
         Ok(())
     }
+}
+
+impl GateWeights {
+    /// The layout the kernel reads: wq, wk, wv rows, then wo, then bo.
+    pub fn packed(&self) -> Vec<f32> {
+        [&self.wq, &self.wk, &self.wv, &self.wo, &self.bo]
+            .iter()
+            .flat_map(|v| v.iter().copied())
+            .collect()
+    }
+}
+
+/// The GPU buffers of one layer's gate: its packed weights ([`GateWeights::packed`]), its
+/// ring of past keys and values ([`GateShape::ring_len`] f32) and a scratch of at least
+/// m · 3 · hd f32 for a chunk's projections.
+pub struct GateBuffers<'a> {
+    pub weights: &'a wgpu::Buffer,
+    pub ring: &'a wgpu::Buffer,
+    pub qkv: &'a wgpu::Buffer,
+}
+
+/// Record the gate scores of `m` tokens at positions `pos0..` whose normalized hidden
+/// states are `xn` ([m][n_embd] f32) into `score` ([n_kv_heads][capacity] f32) at slots
+/// `slot0..slot0 + m`, and update the ring, as [`reference`] does.
+#[allow(clippy::too_many_arguments)]
+pub fn record(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    shape: &GateShape,
+    xn: &wgpu::Buffer,
+    bufs: &GateBuffers,
+    score: &wgpu::Buffer,
+    capacity: usize,
+    m: usize,
+    pos0: usize,
+    slot0: usize,
+) -> Result<()> {
+    let hd = shape.width();
+    if m == 0 {
+        return Ok(());
+    }
+    if hd > MAX_WIDTH || shape.window == 0 || slot0 + m > capacity {
+        return Err(Error::InvalidArgument(format!(
+            "kv_gate: gate width {hd} (at most {MAX_WIDTH}), window {}, slots {slot0}..{} of {capacity}",
+            shape.window,
+            slot0 + m
+        )));
+    }
+    let e = shape.n_embd;
+    need_f32("kv_gate xn", xn, m * e)?;
+    need_f32(
+        "kv_gate weights",
+        bufs.weights,
+        3 * hd * e + shape.n_kv_heads * (hd + 1),
+    )?;
+    need_f32("kv_gate ring", bufs.ring, shape.ring_len())?;
+    need_f32("kv_gate qkv", bufs.qkv, m * 3 * hd)?;
+    need_f32("kv_gate score", score, shape.n_kv_heads * capacity)?;
+    let pipeline = plain_pipeline(ctx, "kv_gate", WGSL)?;
+    for (mode, threads) in [(0u32, m * 3 * hd), (1, m), (2, m * 2 * hd)] {
+        let params = KvGateParams {
+            n_embd: to_u32("kv_gate n_embd", e)?,
+            hd: hd as u32,
+            heads: shape.heads as u32,
+            head_dim: shape.head_dim as u32,
+            n_kv: shape.n_kv_heads as u32,
+            window: to_u32("kv_gate window", shape.window)?,
+            m: to_u32("kv_gate m", m)?,
+            pos0: to_u32("kv_gate pos0", pos0)?,
+            slot0: slot0 as u32,
+            capacity: to_u32("kv_gate capacity", capacity)?,
+            mode,
+            _pad: 0,
+        };
+        let ub = ctx.uniform("kv_gate.params", &params);
+        let bg = ctx.bind(
+            "kv_gate",
+            &pipeline,
+            &[xn, bufs.weights, bufs.qkv, bufs.ring, score, &ub],
+        );
+        let groups = to_u32("kv_gate threads", threads)?.div_ceil(64);
+        ctx.dispatch(encoder, "kv_gate", &pipeline, &bg, (groups, 1));
+    }
+    Ok(())
 }
 
 fn matvec(w: &[f32], x: &[f32], rows: usize, out: &mut [f32]) {
@@ -264,6 +376,86 @@ mod tests {
                     .fold(0.0, f32::max);
                 assert!(err < 1e-5, "shape {shape:?} chunk {chunk}: max error {err}");
             }
+        }
+    }
+
+    #[test]
+    fn gpu_gate_matches_reference() {
+        let Some(ctx) = crate::kernels::check::test_context() else {
+            return;
+        };
+        // (n_embd, heads, head_dim, n_kv, window, chunks): chunks longer than the window,
+        // shorter, and single tokens, so the ring is read before and after it wraps.
+        for (i, &(e, heads, dh, nkv, win, chunks)) in [
+            (
+                40usize,
+                2usize,
+                8usize,
+                3usize,
+                8usize,
+                &[13usize, 3, 1, 1, 20][..],
+            ),
+            (64, 3, 5, 2, 64, &[70, 1, 5][..]),
+            (33, 1, 16, 1, 1, &[4, 1][..]),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let shape = GateShape {
+                n_embd: e,
+                heads,
+                head_dim: dh,
+                n_kv_heads: nkv,
+                window: win,
+            };
+            let w = random(&shape, 40 + i as u64);
+            let n: usize = chunks.iter().sum();
+            let cap = n + 3;
+            let xn = SplitMix64::new(crate::kernels::check::test_seed(70 + i as u64)).vec_f32(
+                n * e,
+                -1.0,
+                1.0,
+            );
+            let mut ring = vec![0.0; shape.ring_len()];
+            let want = reference(&shape, &w, &xn, n, 0, &mut ring).unwrap();
+            let wbuf = ctx.upload("w", &w.packed()).unwrap();
+            let rbuf = ctx.storage_f32("ring", shape.ring_len()).unwrap();
+            let score = ctx.storage_f32("score", nkv * cap).unwrap();
+            let most = *chunks.iter().max().unwrap();
+            let qkv = ctx.storage_f32("qkv", most * 3 * shape.width()).unwrap();
+            let bufs = GateBuffers {
+                weights: &wbuf,
+                ring: &rbuf,
+                qkv: &qkv,
+            };
+            let mut p = 0;
+            for &c in chunks {
+                let x = ctx.upload("xn", &xn[p * e..(p + c) * e]).unwrap();
+                let mut enc = ctx.encoder("gate");
+                // Scores go to slots 2.. (as after an eviction: slot != position).
+                record(&ctx, &mut enc, &shape, &x, &bufs, &score, cap, c, p, p + 2).unwrap();
+                ctx.submit_wait(enc).unwrap();
+                p += c;
+            }
+            let got = ctx.read_f32(&score, nkv * cap).unwrap();
+            let mut err = 0.0f32;
+            for t in 0..n {
+                for h in 0..nkv {
+                    err = err.max((got[h * cap + t + 2] - want[t * nkv + h]).abs());
+                }
+            }
+            assert!(
+                err < 1e-5,
+                "shape {shape:?} chunks {chunks:?}: max error {err}"
+            );
+            let got_ring = ctx.read_f32(&rbuf, shape.ring_len()).unwrap();
+            assert_eq!(got_ring.len(), ring.len());
+            let rerr = got_ring
+                .iter()
+                .zip(&ring)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(rerr < 1e-5, "shape {shape:?}: ring differs by {rerr}");
         }
     }
 
