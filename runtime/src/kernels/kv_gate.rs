@@ -433,7 +433,7 @@ mod tests {
                 let x = ctx.upload("xn", &xn[p * e..(p + c) * e]).unwrap();
                 let mut enc = ctx.encoder("gate");
                 // Scores go to slots 2.. (as after an eviction: slot != position).
-                record(&ctx, &mut enc, &shape, &x, &bufs, &score, cap, c, p, p + 2).unwrap();
+                record(ctx, &mut enc, &shape, &x, &bufs, &score, cap, c, p, p + 2).unwrap();
                 ctx.submit_wait(enc).unwrap();
                 p += c;
             }
