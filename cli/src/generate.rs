@@ -94,6 +94,10 @@ pub struct KvArgs {
     /// and tidal, 0 for h2o)
     #[arg(long)]
     pub kv_pool: Option<usize>,
+    /// Percent of the kept slots (after the sinks) that h2o and gate keep by recency, the
+    /// rest by score (default 50)
+    #[arg(long)]
+    pub kv_recent: Option<u32>,
     /// Storage type of K and V: f16, q8 (as llama.cpp's q8_0), q4 (as q4_0), or q4c (K
     /// quantized per channel over blocks of 32 slots as KIVI does, V as q4)
     #[arg(long, default_value = "f16")]
@@ -144,6 +148,7 @@ impl KvArgs {
             }),
             hadamard: self.kv_rotate.0,
             pool: self.kv_pool,
+            recent_pct: self.kv_recent,
             tidal: (self.sparse_decode == "tidal").then_some(TidalOptions {
                 k: self.tidal_k,
                 layers: self.tidal_layers,

@@ -208,6 +208,9 @@ fn inherited_flags(a: &KvArgs, gates: Option<&PathBuf>) -> String {
     if let Some(p) = a.kv_pool {
         f.push(format!("--kv-pool {p}"));
     }
+    if let Some(r) = a.kv_recent {
+        f.push(format!("--kv-recent {r}"));
+    }
     if let Some(on) = a.kv_rotate.0 {
         f.push(format!("--kv-rotate {}", if on { "on" } else { "off" }));
     }

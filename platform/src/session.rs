@@ -256,6 +256,7 @@ fn session_config(p: &SessionParams) -> FfiResult<SessionConfig> {
             hadamard,
             tidal,
             pool,
+            recent_pct: None,
         },
         fit_memory: p.fit_memory,
     })

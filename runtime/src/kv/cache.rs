@@ -623,6 +623,7 @@ mod tests {
             hadamard: Some(false),
             tidal: None,
             pool: None,
+            recent_pct: None,
         };
         let plan = KvPlan::new(&opts, geom, 1 << 20, 512).unwrap();
         let mut cache = KvCache::new(ctx, geom, plan).unwrap();

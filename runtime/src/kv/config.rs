@@ -9,8 +9,8 @@
 //!
 //! Splits of the kept slots (`keep` = B - headroom):
 //! - `window` (StreamingLLM): `sinks` first slots + the most recent slots.
-//! - `h2o` (Zhang et al., 2023): sinks, the most recent half, the rest by accumulated
-//!   attention (every query seen so far, prefill and decode).
+//! - `h2o` (Zhang et al., 2023): sinks, the most recent half (`recent_pct`), the rest by
+//!   accumulated attention (every query seen so far, prefill and decode).
 //! - `nacl` (Chen et al., 2024): of the kept slots 5% protected (sinks, then recent),
 //!   60% by proxy-query attention, 35% sampled at random with probability proportional to
 //!   softmax(score) — the paper's 1% / 12% / 7% split of a 20% budget. NACL evicts
@@ -32,8 +32,9 @@
 //!   whole span. This is our addition to the paper's method; `--kv-pool 0` turns it off.
 //!
 //! - `gate` (Attention-Gate, Zeng et al., 2024, arXiv 2410.12876): sinks, the most recent
-//!   eighth, the rest by the learned gates' score (`kernels::kv_gate`), written once per
-//!   token and layer when the token is stored. The gates' threshold flags what they would
+//!   half (`recent_pct`), the rest by the learned gates' score (`kernels::kv_gate`),
+//!   written once per token and layer when the token is stored: a gate scores a token
+//!   once, so recency, which matters to every later query, is the budget's to keep. The gates' threshold flags what they would
 //!   evict; kvedge keeps the budget as the allocation and evicts lowest score first, so a
 //!   flagged-out token goes before any kept one and is held only while the budget has room
 //!   (more than the gates asked for, never less).
@@ -174,6 +175,9 @@ pub struct KvOptions {
     /// TidalDecode rank slots (`kernels::kv_select`). None: [`NACL_POOL`] under NACL,
     /// [`TIDAL_POOL`] for TidalDecode's selection, 0 (none) under H2O.
     pub pool: Option<usize>,
+    /// Percent of the kept slots (after the sinks) that `h2o` and `gate` keep by recency,
+    /// the rest by score. None: 50.
+    pub recent_pct: Option<u32>,
 }
 
 /// NACL's default pooling radius. Proxy queries (the question) attend to the start of a
@@ -259,6 +263,7 @@ impl Default for KvOptions {
             hadamard: None,
             tidal: None,
             pool: None,
+            recent_pct: None,
         }
     }
 }
@@ -333,6 +338,8 @@ pub struct KvPlan {
     pub oneshot: usize,
     /// Max-pooling radius of the scores before ranking (score-based policies).
     pub pool: usize,
+    /// Percent of the kept slots after the sinks that `h2o` and `gate` keep by recency.
+    pub recent_pct: u32,
 }
 
 impl KvPlan {
@@ -352,6 +359,7 @@ impl KvPlan {
                     tidal: opts.tidal_for(geom)?,
                     oneshot: 0,
                     pool: 0,
+                    recent_pct: 0,
                 })
             }
             (KvPolicy::Full, Some(b)) => {
@@ -387,6 +395,12 @@ impl KvPlan {
                 geom.bytes_per_slot(opts.k_type, opts.v_type)
             )));
         }
+        let recent_pct = opts.recent_pct.unwrap_or(50);
+        if recent_pct > 100 {
+            return Err(Error::InvalidArgument(format!(
+                "recent share of the kept slots: {recent_pct} %, expected 0 to 100"
+            )));
+        }
         let headroom = (slots / 8).max(16).min(chunk.max(1));
         Ok(Self {
             policy: opts.policy,
@@ -408,6 +422,7 @@ impl KvPlan {
                 KvPolicy::H2o => opts.pool.unwrap_or(0),
                 _ => 0,
             },
+            recent_pct,
         })
     }
 
@@ -475,15 +490,15 @@ impl KvPlan {
         let rest = keep - sinks;
         let (recent, n_score, n_random) = match self.policy {
             KvPolicy::Full | KvPolicy::Window => (rest, 0, 0),
-            KvPolicy::H2o => (rest / 2, rest - rest / 2, 0),
+            KvPolicy::H2o | KvPolicy::Gate => {
+                let recent = rest * self.recent_pct as usize / 100;
+                (recent, rest - recent, 0)
+            }
             KvPolicy::Nacl => {
                 let recent = (keep / 20).saturating_sub(sinks).min(rest);
                 let n_score = ((rest - recent) * 12).div_ceil(19);
                 (recent, n_score, rest - recent - n_score)
             }
-            // The gates protect recent tokens themselves only through training; keep an
-            // eighth of the budget recent so a fresh span is whole, the rest by score.
-            KvPolicy::Gate => (rest / 8, rest - rest / 8, 0),
         };
         SelectPlan {
             n,
