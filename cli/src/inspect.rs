@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use kvedge_models::{check_tensors, HParams, LowRank, RopeScaling};
-use kvedge_runtime::gguf::GgufFile;
+use kvedge_runtime::gguf::{GgufFile, MetaValue};
 use kvedge_runtime::kv::KvType;
 
 fn mib(b: f64) -> String {
@@ -151,6 +151,24 @@ pub fn run(path: &Path, list_tensors: bool) -> Result<(), Box<dyn std::error::Er
                 }
                 Ok(None) => {}
                 Err(e) => println!("low-rank KV:     FAILED: {e}"),
+            }
+        }
+        Err(_)
+            if h.get_str("general.architecture").ok() == Some(kvedge_models::gate::GATE_ARCH) =>
+        {
+            println!("Attention-Gate file (--kv-policy gate --kv-gates FILE):");
+            let prefix = format!("{}.", kvedge_models::gate::PREFIX);
+            for (k, v) in file.metadata() {
+                if let Some(name) = k.strip_prefix(&prefix) {
+                    let text = match v {
+                        MetaValue::String(s) => s.clone(),
+                        MetaValue::F32(x) => x.to_string(),
+                        other => other
+                            .as_f64()
+                            .map_or_else(|| other.type_desc(), |x| format!("{x}")),
+                    };
+                    println!("  {name:28} {text}");
+                }
             }
         }
         Err(e) => println!("hyperparameters: not available: {e}"),
