@@ -229,3 +229,44 @@ fn gpu_gate_policy_matches_cpu() {
         );
     }
 }
+
+/// The trained gates committed for SmolLM2 load against it (fingerprint and shapes) and
+/// rank eviction on a real stream; the gates' scores must not be all alike.
+#[test]
+fn committed_smollm2_gates_run() {
+    let Some(path) = kvedge_tests::model(kvedge_tests::SMOLLM2) else {
+        return;
+    };
+    let gates = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/gates/SmolLM2-135M-Instruct.gates.gguf");
+    let mut m = LlamaModel::open(&path).unwrap();
+    m.attach_gates(&gates).unwrap();
+    let g = m.gates.clone().unwrap();
+    assert!(
+        g.kept_fraction > 0.0 && g.kept_fraction < 1.0,
+        "{}",
+        g.describe()
+    );
+    let model = Arc::new(m);
+    let text = "The most important thing to understand about startups is that growth is \
+                what makes them different from other small businesses. ";
+    let tokens: Vec<u32> = text
+        .bytes()
+        .cycle()
+        .take(300)
+        .map(|b| b as u32 + 200)
+        .collect();
+    let mut fwd = CpuForward::new(model.clone(), 512, 64, &gate_opts(128)).unwrap();
+    let logits = fwd.forward(&tokens).unwrap();
+    assert!(logits.iter().all(|x| x.is_finite()));
+    let s = fwd.kv_stats();
+    assert!(s.evictions > 0 && s.used <= 128, "{s:?}");
+    let scores = fwd.slot_scores(5).unwrap();
+    let (lo, hi) = scores[..s.used]
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    assert!(
+        hi - lo > 0.05,
+        "gate scores of layer 5 all within {lo}..{hi}"
+    );
+}

@@ -72,6 +72,8 @@ typedef struct kvedge_model_params {
                                together (bytes of storage buffers); 0: none. GPU only. */
     kvedge_progress_callback progress; /* may be NULL */
     void *progress_user_data;
+    const char *kv_gates;  /* Attention-Gate file (tools/train-gates) for
+                              KVEDGE_KV_POLICY_GATE; NULL: none (or the model's own) */
 } kvedge_model_params;
 
 kvedge_model_params kvedge_model_default_params(void);
@@ -139,7 +141,8 @@ enum {
     KVEDGE_KV_POLICY_FULL = 0,   /* keep everything; the context bounds the session */
     KVEDGE_KV_POLICY_WINDOW = 1, /* StreamingLLM: sinks + recent tokens */
     KVEDGE_KV_POLICY_H2O = 2,    /* heavy hitters by accumulated attention + recent */
-    KVEDGE_KV_POLICY_NACL = 3    /* NACL: one-shot eviction at prefill by proxy queries */
+    KVEDGE_KV_POLICY_NACL = 3,   /* NACL: one-shot eviction at prefill by proxy queries */
+    KVEDGE_KV_POLICY_GATE = 4    /* Attention-Gate: learned scores (needs kv_gates) */
 };
 
 /* Q4C: 4 bits per channel over blocks of 32 slots (KIVI), meant for K with V in Q4. */

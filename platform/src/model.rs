@@ -34,6 +34,8 @@ pub struct ModelParams {
     pub max_gpu_bytes: u64,
     pub progress: ProgressCallback,
     pub progress_user_data: *mut c_void,
+    /// Attention-Gate file for the gate policy; NULL: none.
+    pub kv_gates: *const c_char,
 }
 
 /// `kvedge_model_info`.
@@ -82,6 +84,7 @@ pub extern "C" fn kvedge_model_default_params() -> ModelParams {
         max_gpu_bytes: 0,
         progress: None,
         progress_user_data: std::ptr::null_mut(),
+        kv_gates: std::ptr::null(),
     }
 }
 
@@ -104,9 +107,16 @@ fn load_options(p: &ModelParams) -> FfiResult<LoadOptions> {
             )))
         }
     };
+    let gates = if p.kv_gates.is_null() {
+        None
+    } else {
+        // SAFETY: the caller passes NULL or a NUL-terminated string (kvedge.h).
+        Some(unsafe { str_arg(p.kv_gates, "kv_gates") }?.into())
+    };
     let mut opts = LoadOptions {
         device,
         max_gpu_bytes: (p.max_gpu_bytes > 0).then_some(p.max_gpu_bytes),
+        gates,
         ..LoadOptions::default()
     };
     opts.gpu.adapter = adapter;

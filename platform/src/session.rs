@@ -26,6 +26,7 @@ pub const KVEDGE_KV_POLICY_FULL: i32 = 0;
 pub const KVEDGE_KV_POLICY_WINDOW: i32 = 1;
 pub const KVEDGE_KV_POLICY_H2O: i32 = 2;
 pub const KVEDGE_KV_POLICY_NACL: i32 = 3;
+pub const KVEDGE_KV_POLICY_GATE: i32 = 4;
 
 pub const KVEDGE_KV_TYPE_F16: i32 = 0;
 pub const KVEDGE_KV_TYPE_Q8: i32 = 1;
@@ -185,9 +186,10 @@ fn session_config(p: &SessionParams) -> FfiResult<SessionConfig> {
         KVEDGE_KV_POLICY_WINDOW => KvPolicy::Window,
         KVEDGE_KV_POLICY_H2O => KvPolicy::H2o,
         KVEDGE_KV_POLICY_NACL => KvPolicy::Nacl,
+        KVEDGE_KV_POLICY_GATE => KvPolicy::Gate,
         v => {
             return Err(FfiError::invalid(format!(
-            "kv_policy {v}: expected KVEDGE_KV_POLICY_FULL (0), _WINDOW (1), _H2O (2) or _NACL (3)"
+            "kv_policy {v}: expected KVEDGE_KV_POLICY_FULL (0), _WINDOW (1), _H2O (2), _NACL (3) or _GATE (4)"
         )))
         }
     };

@@ -127,7 +127,9 @@ fn c_abi_test_passes_against_both_libraries() {
         let exe = scratch(if dynamic { "abi_dynamic" } else { "abi_static" });
         compile(&source, &exe, dynamic);
         for device in &devices {
-            let out = run(Command::new(&exe).arg(&model).arg(device), "");
+            let gates = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/data/gate/tiny-llama-gates.gguf");
+            let out = run(Command::new(&exe).arg(&model).arg(device).arg(&gates), "");
             assert!(out.contains(" checks, 0 failed"), "{out}");
         }
     }

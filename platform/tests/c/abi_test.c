@@ -116,8 +116,8 @@ static void *generate_in_own_session(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s MODEL.gguf cpu|gpu\n", argv[0]);
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: %s MODEL.gguf cpu|gpu [GATES-OF-ANOTHER-MODEL.gguf]\n", argv[0]);
         return 2;
     }
     const char *path = argv[1];
@@ -150,6 +150,17 @@ int main(int argc, char **argv) {
     mp.device = 7;
     CHECK_STATUS(kvedge_model_load(path, &mp, &model), KVEDGE_ERR_INVALID_ARGUMENT);
     CHECK(error_mentions("device 7"));
+    mp = kvedge_model_default_params();
+    mp.device = KVEDGE_DEVICE_CPU;
+    mp.kv_gates = "/nonexistent/gates.gguf";
+    CHECK_STATUS(kvedge_model_load(path, &mp, &model), KVEDGE_ERR_MODEL);
+    CHECK(error_mentions("/nonexistent/gates.gguf"));
+    if (argc == 4) {
+        /* Gates trained for another model are refused, saying for which. */
+        mp.kv_gates = argv[3];
+        CHECK_STATUS(kvedge_model_load(path, &mp, &model), KVEDGE_ERR_MODEL);
+        CHECK(error_mentions("trained for"));
+    }
     CHECK_STATUS(kvedge_status_name(KVEDGE_ERR_BUSY)[0] == 'K' ? KVEDGE_OK : -100, KVEDGE_OK);
 
     /* Load. */
