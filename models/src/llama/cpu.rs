@@ -72,6 +72,8 @@ pub struct CpuForward {
     /// Attention-Gate: per layer, the ring of the last `window` tokens' gate keys and
     /// values (`kernels::kv_gate`); empty unless the policy is `gate`.
     gate_ring: Vec<Vec<f32>>,
+    /// Gate flags over the threshold, and all flags, since the session began.
+    gate_flags: (u64, u64),
 }
 
 /// Dot product in f32 (`quant::dot::dot_f32`: 16 lanes, AVX2 where the CPU has it).
@@ -290,6 +292,7 @@ impl CpuForward {
             tidal_sel: Vec::new(),
             observer: None,
             gate_ring,
+            gate_flags: (0, 0),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
     }
@@ -338,14 +341,28 @@ impl CpuForward {
                     lt.lr.describe()
                 ),
                 None => self.plan.describe(),
+            } + &match (&self.model.gates, self.gate_flags) {
+                (Some(g), (kept, seen)) if seen > 0 && self.plan.policy == KvPolicy::Gate => {
+                    format!(
+                        ", {}; flags keep {:.1} % of tokens",
+                        g.describe(),
+                        100.0 * kept as f64 / seen as f64
+                    )
+                }
+                _ => String::new(),
             },
             slots: self.cfg.capacity,
             used: self.used,
             evicted: self.evicted,
             evictions: self.evictions,
             kv_bytes: self.kv_bytes(),
-            // Scores, and the latents' positions.
+            // Scores, the gates' rings, and the latents' positions.
             aux_bytes: self.scores.iter().map(|s| s.len() as u64 * 4).sum::<u64>()
+                + self
+                    .gate_ring
+                    .iter()
+                    .map(|r| r.len() as u64 * 4)
+                    .sum::<u64>()
                 + self
                     .slot_pos
                     .iter()
@@ -742,7 +759,9 @@ impl CpuForward {
                     unstage_rows(&kst, &kt, 1, sel.keep, &sp, p);
                 }
             }
-            if let Some(gs) = &gate_scores {
+            if let (Some(gs), Some(g)) = (&gate_scores, &model.gates) {
+                self.gate_flags.0 += gs.iter().filter(|&&x| x > g.threshold).count() as u64;
+                self.gate_flags.1 += gs.len() as u64;
                 // Each stored slot's score is its gate's; a latent group takes its heads'
                 // highest.
                 let (cap, nkv) = (self.cfg.capacity, hp.n_kv_heads);
