@@ -95,7 +95,7 @@ pub struct KvArgs {
     #[arg(long)]
     pub kv_pool: Option<usize>,
     /// Percent of the kept slots (after the sinks) that h2o and gate keep by recency, the
-    /// rest by score (default 50)
+    /// rest by score (default 50 for h2o, 75 for gate)
     #[arg(long)]
     pub kv_recent: Option<u32>,
     /// Storage type of K and V: f16, q8 (as llama.cpp's q8_0), q4 (as q4_0), or q4c (K

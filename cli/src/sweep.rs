@@ -197,7 +197,7 @@ fn methods(
 }
 
 /// The user's KV flags that every method of the sweep inherits, as command-line text.
-fn inherited_flags(a: &KvArgs, gates: Option<&PathBuf>) -> String {
+fn inherited_flags(a: &KvArgs) -> String {
     let mut f = Vec::new();
     if a.kv_sinks != 4 {
         f.push(format!("--kv-sinks {}", a.kv_sinks));
@@ -213,9 +213,6 @@ fn inherited_flags(a: &KvArgs, gates: Option<&PathBuf>) -> String {
     }
     if let Some(on) = a.kv_rotate.0 {
         f.push(format!("--kv-rotate {}", if on { "on" } else { "off" }));
-    }
-    if let Some(g) = gates {
-        f.push(format!("--kv-gates {}", g.display()));
     }
     if let Some((s, r)) = a.tidal_layers {
         f.push(format!("--tidal-layers {s},{r}"));
@@ -233,7 +230,12 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
         .file_name()
         .map_or(path.display().to_string(), |f| f.to_string_lossy().into());
     let base = args.model.kv.options();
-    let inherited = inherited_flags(&args.model.kv, args.model.kv_gates.as_ref());
+    let inherited = inherited_flags(&args.model.kv);
+    // The gate file goes with the gate rows' commands only.
+    let gates = |kv: &KvOptions| match (&args.model.kv_gates, kv.policy) {
+        (Some(g), KvPolicy::Gate) => format!(" --kv-gates {}", g.display()),
+        _ => String::new(),
+    };
     let device = format!("{:?}", args.model.device).to_lowercase();
     let mut rows = Vec::new();
     match args.task {
@@ -274,7 +276,7 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
                             "kvedge eval needle -m {file} --device {device} --lengths {length} --depths {} --seed {} {chunk} {} {inherited}",
                             depths.join(","),
                             args.seed,
-                            m.flags
+                            m.flags + &gates(&m.kv)
                         ),
                         seconds: t0.elapsed().as_secs_f64(),
                     });
@@ -319,7 +321,7 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
                     device: dev,
                     command: format!(
                         "kvedge eval ppl -m {file} --device {device} --text {text_name} --stream {n} --ctx {chunk} {} {inherited}",
-                        m.flags
+                        m.flags + &gates(&m.kv)
                     ),
                     seconds: t0.elapsed().as_secs_f64(),
                 });

@@ -81,6 +81,7 @@ def main():
     ap.add_argument("--recent", type=int, default=16)
     ap.add_argument("--eval-tokens", type=int, default=2048,
                     help="held-out tokens for the loss and kept fraction report")
+    ap.add_argument("--init", help="start from this gate file (same model) instead of random gates")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
@@ -94,8 +95,11 @@ def main():
         sys.exit(f"{args.tokens}: {len(data)} tokens, need more than --holdout {args.holdout} "
                  f"+ 4 windows of {args.seq}")
     held, train = data[:args.holdout], data[args.holdout:]
-    gates = G.Gates(model, args.heads, args.head_dim, args.window, args.threshold,
-                    args.init_bias)
+    if args.init:
+        gates = G.read_gate_file(args.init, model)
+    else:
+        gates = G.Gates(model, args.heads, args.head_dim, args.window, args.threshold,
+                        args.init_bias)
     opt = torch.optim.AdamW(gates.parameters(), lr=args.lr, weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
     print(f"model {model.name}: {model.n_layers} layers; gates "

@@ -9,8 +9,8 @@ mod format;
 
 pub use cache::{KvCache, KvCacheConfig, KvStats, LayerView};
 pub use config::{
-    KvBudget, KvGeometry, KvOptions, KvPlan, KvPolicy, Tidal, TidalOptions, TidalRole, NACL_POOL,
-    TIDAL_POOL,
+    KvBudget, KvGeometry, KvOptions, KvPlan, KvPolicy, Tidal, TidalOptions, TidalRole,
+    GATE_RECENT_PCT, NACL_POOL, TIDAL_POOL,
 };
 pub use format::{
     decode_block_row_q4c, decode_row, decode_slot_q4c, encode_block_q4c, encode_row, KvType,
