@@ -42,7 +42,8 @@ data class Stats(
     val kvEvictedTokens: Long,
 )
 
-/** A conversation. kvPolicy: 0 full, 1 window, 2 h2o, 3 nacl (as in kvedge.h). */
+/** A conversation. kvPolicy: 0 full, 1 window, 2 h2o, 3 nacl, 4 gate (as in kvedge.h; gate needs
+ *  gates inside the model file here: a separate gate file is passed through the C ABI only). */
 class Session(
     model: Model,
     context: Int = 0,
