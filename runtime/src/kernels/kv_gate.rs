@@ -287,6 +287,13 @@ mod tests {
         }
     }
 
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
     /// The gate written out with f64 and the whole history, no ring.
     fn direct(shape: &GateShape, w: &GateWeights, xn: &[f32], m: usize) -> Vec<f32> {
         let (e, hd, dh) = (shape.n_embd, shape.width(), shape.head_dim);
@@ -369,11 +376,7 @@ mod tests {
                     );
                     p += n;
                 }
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f32::max);
+                let err = max_abs_diff(&got, &want);
                 assert!(err < 1e-5, "shape {shape:?} chunk {chunk}: max error {err}");
             }
         }
@@ -450,11 +453,7 @@ mod tests {
             );
             let got_ring = ctx.read_f32(&rbuf, shape.ring_len()).unwrap();
             assert_eq!(got_ring.len(), ring.len());
-            let rerr = got_ring
-                .iter()
-                .zip(&ring)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let rerr = max_abs_diff(&got_ring, &ring);
             assert!(rerr < 1e-5, "shape {shape:?}: ring differs by {rerr}");
         }
     }
