@@ -7,7 +7,9 @@
 //!
 //! Work items are (token, query head) pairs dealt round-robin to the threads, so the
 //! causal mask's growing rows spread evenly; each thread writes its rows to a local buffer
-//! (and its slot sums to a local [kv_head][slot] array), merged after.
+//! (and its slot sums to a local [kv_head][slot] array), merged after. Prefill chunks
+//! take the blocked form (`attend_blocked`): per head and block of 32 queries, scores and
+//! outputs are two `gemm` products around an in-place masked softmax.
 
 use kvedge_runtime::kernels::attention;
 use kvedge_runtime::kv::{decode_row, decode_slot_q4c, KvCacheConfig, KvType};
@@ -97,6 +99,11 @@ fn attend_decoded(
     mut sink: Option<ScoreSink<'_>>,
     threads: usize,
 ) -> Result<Vec<f32>> {
+    if n_tokens >= BLOCK_MIN_TOKENS {
+        return attend_blocked(
+            cfg, n_heads, q, keys, values, n_tokens, n_past, scale, sink, threads,
+        );
+    }
     let hd = cfg.head_dim;
     let (group, total, nkv) = (n_heads / cfg.n_kv_heads, n_past + n_tokens, cfg.n_kv_heads);
     let q0 = sink.as_ref().map(|s| s.q0);
@@ -165,18 +172,189 @@ fn attend_decoded(
         }
     }
     if let Some(sink) = sink.as_mut() {
-        for kvh in 0..nkv {
-            for j in 0..total {
-                let add: f32 = parts.iter().map(|(_, s)| s[kvh * total + j]).sum();
-                let at = kvh * cfg.capacity + j;
-                let old = if sink.accumulate && j < n_past {
-                    sink.score[at]
-                } else {
-                    0.0
-                };
-                sink.score[at] = old + add;
+        let sums: Vec<&[f32]> = parts.iter().map(|(_, s)| s.as_slice()).collect();
+        merge_sums(cfg, sink, &sums, total, n_past);
+    }
+    Ok(out)
+}
+
+/// Adds the workers' slot sums ([n_kv_heads][total] each) into the sink's scores.
+fn merge_sums(
+    cfg: &KvCacheConfig,
+    sink: &mut ScoreSink<'_>,
+    parts: &[&[f32]],
+    total: usize,
+    n_past: usize,
+) {
+    for kvh in 0..cfg.n_kv_heads {
+        for j in 0..total {
+            let add: f32 = parts.iter().map(|s| s[kvh * total + j]).sum();
+            let at = kvh * cfg.capacity + j;
+            let old = if sink.accumulate && j < n_past {
+                sink.score[at]
+            } else {
+                0.0
+            };
+            sink.score[at] = old + add;
+        }
+    }
+}
+
+/// Chunks of at least this many tokens (prefill) take the blocked path.
+const BLOCK_MIN_TOKENS: usize = 8;
+/// Queries per block of the blocked path.
+const QUERY_BLOCK: usize = 32;
+
+/// `attend_decoded` for a chunk of many tokens, as matrix products: per query head and
+/// block of `QUERY_BLOCK` consecutive queries, the scores of the block against every slot
+/// the block's last query sees are one `gemm` (Q_b · K^T), the causal mask and a row
+/// softmax follow in place, and the output is a second `gemm` (P · V), so the
+/// multiplications run register-tiled instead of one short dot product per (query,
+/// slot). Same math and the same slot sums as the per-query path; items (head, block)
+/// are dealt round-robin to the threads.
+#[allow(clippy::too_many_arguments)]
+fn attend_blocked(
+    cfg: &KvCacheConfig,
+    n_heads: usize,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    n_tokens: usize,
+    n_past: usize,
+    scale: f32,
+    mut sink: Option<ScoreSink<'_>>,
+    threads: usize,
+) -> Result<Vec<f32>> {
+    let hd = cfg.head_dim;
+    let (group, total, nkv) = (n_heads / cfg.n_kv_heads, n_past + n_tokens, cfg.n_kv_heads);
+    let q0 = sink.as_ref().map(|s| s.q0);
+    let blocks = n_tokens.div_ceil(QUERY_BLOCK);
+    let items = blocks * n_heads;
+    let threads = threads.clamp(1, items.max(1));
+    let q_stride = n_heads * hd;
+    // Each worker: its blocks' outputs in item order ([rows][hd] each) and its slot sums.
+    let work = |w: usize| -> (Vec<f32>, Vec<f32>) {
+        let mut rows = Vec::new();
+        let mut sums = vec![0.0f32; if q0.is_some() { nkv * total } else { 0 }];
+        let mut p = vec![0.0f32; QUERY_BLOCK * total];
+        for item in (w..items).step_by(threads) {
+            let (b, h) = (item / n_heads, item % n_heads);
+            let kvh = h / group;
+            let (t0, t1) = (b * QUERY_BLOCK, ((b + 1) * QUERY_BLOCK).min(n_tokens));
+            let (m, seen) = (t1 - t0, n_past + t1);
+            let k = &keys[kvh * total * hd..(kvh * total + seen) * hd];
+            let v = &values[kvh * total * hd..(kvh * total + seen) * hd];
+            let qb = &q[t0 * q_stride + h * hd..];
+            // SAFETY: dst is p[i * seen + j] for i < m <= QUERY_BLOCK, j < seen <= total;
+            // lhs is qb[i * q_stride + l] for i < m, l < hd: the head's query rows of
+            // tokens t0..t1, inside q (checked n_tokens * n_heads * hd long); rhs is
+            // k[j * hd + l] for j < seen, l < hd, inside `k`. Disjoint, thread-local.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    seen,
+                    hd,
+                    p.as_mut_ptr(),
+                    1,
+                    seen as isize,
+                    false,
+                    qb.as_ptr(),
+                    1,
+                    q_stride as isize,
+                    k.as_ptr(),
+                    hd as isize,
+                    1,
+                    0.0f32,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            for (i, row) in p[..m * seen].chunks_exact_mut(seen).enumerate() {
+                let visible = n_past + t0 + i + 1;
+                let mx = row[..visible]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                let mut z = 0.0f32;
+                for x in &mut row[..visible] {
+                    *x = (*x - mx).exp();
+                    z += *x;
+                }
+                let inv = 1.0 / z;
+                for x in &mut row[..visible] {
+                    *x *= inv;
+                }
+                row[visible..].fill(0.0);
+                if q0.is_some_and(|q0| t0 + i >= q0) {
+                    let s = &mut sums[kvh * total..kvh * total + visible];
+                    for (sj, &pj) in s.iter_mut().zip(&row[..visible]) {
+                        *sj += pj;
+                    }
+                }
+            }
+            let start = rows.len();
+            rows.resize(start + m * hd, 0.0);
+            // SAFETY: dst is rows[start + i * hd + l] for i < m, l < hd (just resized);
+            // lhs is p[i * seen + j], i < m, j < seen; rhs is v[j * hd + l], j < seen,
+            // l < hd, inside `v`. Disjoint, thread-local.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    hd,
+                    seen,
+                    rows.as_mut_ptr().add(start),
+                    1,
+                    hd as isize,
+                    false,
+                    p.as_ptr(),
+                    1,
+                    seen as isize,
+                    v.as_ptr(),
+                    1,
+                    hd as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
             }
         }
+        (rows, sums)
+    };
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = if threads == 1 {
+        vec![work(0)]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads).map(|w| s.spawn(move || work(w))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| Error::InvalidArgument("CPU attention worker panicked".into()))
+                })
+                .collect::<Result<Vec<_>>>()
+        })?
+    };
+    let mut out = vec![0.0f32; n_tokens * n_heads * hd];
+    for (w, (rows, _)) in parts.iter().enumerate() {
+        let mut at = 0;
+        for item in (w..items).step_by(threads) {
+            let (b, h) = (item / n_heads, item % n_heads);
+            let (t0, t1) = (b * QUERY_BLOCK, ((b + 1) * QUERY_BLOCK).min(n_tokens));
+            for t in t0..t1 {
+                let dst = (t * n_heads + h) * hd;
+                out[dst..dst + hd].copy_from_slice(&rows[at..at + hd]);
+                at += hd;
+            }
+        }
+    }
+    if let Some(sink) = sink.as_mut() {
+        let sums: Vec<&[f32]> = parts.iter().map(|(_, s)| s.as_slice()).collect();
+        merge_sums(cfg, sink, &sums, total, n_past);
     }
     Ok(out)
 }
@@ -269,6 +447,9 @@ mod tests {
             (2, 3, 64, 7, 13, 2),
             (3, 2, 32, 1, 90, 0),
             (2, 4, 128, 19, 5, 18),
+            // Chunks of several query blocks (the blocked path), one ending mid-block.
+            (1, 2, 32, 64, 0, 0),
+            (2, 3, 64, 71, 9, 40),
         ];
         for (i, &(nkv, group, hd, n_tokens, n_past, q0)) in shapes.iter().enumerate() {
             for (kt, vt) in [(KvType::F16, KvType::F16), (KvType::Q8, KvType::Q4)] {
