@@ -4,7 +4,7 @@
 //! holds the same encoded rows as the GPU's (f16, q8 or q4 words). Decode dots each
 //! quantized row with the token directly (`quant::dot`); prefill dequantizes panels of
 //! rows and multiplies them with the chunk through the `gemm` crate.
-//! Projections are split over threads by weight rows (std::thread::scope); attention and
+//! Projections are split by weight rows over a kept pool of threads (`cpu_pool`); attention and
 //! the slot scores of H2O/NACL are computed together in f32 over threads
 //! (`cpu_attention`, held to the f64 references by its tests), so long contexts run in
 //! minutes rather than hours. Eviction follows the GPU cache's rules (`kv::KvPlan`) with
@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use super::cpu_attention::{self, ScoreSink};
 use super::cpu_lowrank::{self, Latents};
+use super::cpu_pool;
 use kvedge_runtime::gguf::TensorInfo;
 use kvedge_runtime::kernels::lowrank_rebuild::{self, RebuildShape};
 use kvedge_runtime::kernels::{
@@ -115,25 +116,11 @@ pub fn matmul_rows(
     // Each thread owns a range of W's rows and writes its [m][rows] block; the blocks
     // are interleaved into y after.
     let per = n.div_ceil(threads.max(1)).max(1);
-    let parts: Vec<Result<Vec<f32>, ModelError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .step_by(per)
-            .map(|r0| {
-                let r1 = (r0 + per).min(n);
-                s.spawn(move || matmul_panel_rows(w.ty, bytes, row_bytes, x, m, k, r0, r1))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(
-                        "CPU worker thread panicked".into(),
-                    )))
-                })
-            })
-            .collect()
-    });
+    let starts: Vec<usize> = (0..n).step_by(per).collect();
+    let parts = cpu_pool::run_parts(threads, starts.len(), "matmul", |p| {
+        let r0 = starts[p];
+        matmul_panel_rows(w.ty, bytes, row_bytes, x, m, k, r0, (r0 + per).min(n))
+    })?;
     let mut y = vec![0.0f32; m * n];
     for (p, part) in parts.into_iter().enumerate() {
         let part = part?;
@@ -216,17 +203,13 @@ fn matvec_rows(
     let mut y = vec![0.0f32; n];
     let per = n.div_ceil(threads.max(1)).max(1);
     let input = &input;
-    std::thread::scope(|s| {
-        for (c, ys) in y.chunks_mut(per).enumerate() {
-            s.spawn(move || {
-                for (i, yi) in ys.iter_mut().enumerate() {
-                    let r = c * per + i;
-                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                    *yi = dot::dot_row(ty, row, input).unwrap_or(f32::NAN);
-                }
-            });
+    cpu_pool::for_chunks(threads, &mut y, per, "matvec", |c, ys| {
+        for (i, yi) in ys.iter_mut().enumerate() {
+            let r = c * per + i;
+            let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+            *yi = dot::dot_row(ty, row, input).unwrap_or(f32::NAN);
         }
-    });
+    })?;
     Ok(y)
 }
 

@@ -16,6 +16,7 @@ use kvedge_runtime::kv::{decode_row, decode_slot_q4c, KvCacheConfig, KvType};
 use kvedge_runtime::{Error, Result};
 
 use super::cpu::dot;
+use super::cpu_pool;
 
 /// Where the slot sums go: as `attn_score::reference` with a `ScoreRange` of this chunk.
 pub struct ScoreSink<'a> {
@@ -57,12 +58,150 @@ pub fn attend(
     threads: usize,
 ) -> Result<Vec<f32>> {
     check(cfg, n_heads, q, n_tokens, n_past)?;
+    if n_tokens == 1 {
+        return attend_step(cfg, n_heads, q, kc, vc, n_past, scale, sink, threads);
+    }
     let total = n_past + n_tokens;
     let keys = decode_heads(cfg, kc, cfg.k_type, total);
     let values = decode_heads(cfg, vc, cfg.v_type, total);
     attend_decoded(
         cfg, n_heads, q, &keys, &values, n_tokens, n_past, scale, sink, threads,
     )
+}
+
+/// Decodes slot `j` of KV head `kvh` into `out` (head_dim values).
+fn decode_slot(
+    cfg: &KvCacheConfig,
+    ty: KvType,
+    cache: &[u32],
+    kvh: usize,
+    j: usize,
+    out: &mut [f32],
+) {
+    let (hd, row) = (cfg.head_dim, ty.row_words(cfg.head_dim));
+    let region = &cache[kvh * cfg.capacity * row..(kvh + 1) * cfg.capacity * row];
+    if ty.blocks_slots() {
+        decode_slot_q4c(region, hd, j, out);
+    } else {
+        decode_row(ty, &region[j * row..(j + 1) * row], out);
+    }
+}
+
+/// One decode step's partial attention: a KV head's query heads over a range of slots,
+/// with the softmax taken against the range's own maximum (merged after, as
+/// flash-decoding does).
+struct StepPart {
+    kvh: usize,
+    start: usize,
+    /// Per query head of the group: the range's maximum score and sum of exponentials.
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    /// [group][head_dim] unnormalized outputs.
+    out: Vec<f32>,
+    /// [group][len] exponentials of the scores (for the slot sums).
+    exp: Vec<f32>,
+}
+
+/// `attend` for one token (a decode step): each K and V row is decoded once into a small
+/// buffer and used by all query heads of its KV head, instead of decoding the whole
+/// cache into f32 arrays first (which wrote and read back the cache's f32 image on every
+/// layer of every step and dominated decode at long contexts). Slots are split into
+/// ranges across the threads; each range keeps its own softmax maximum and sum, and the
+/// ranges are merged exactly (rescaled by exp(max_range − max)).
+#[allow(clippy::too_many_arguments)]
+fn attend_step(
+    cfg: &KvCacheConfig,
+    n_heads: usize,
+    q: &[f32],
+    kc: &[u32],
+    vc: &[u32],
+    n_past: usize,
+    scale: f32,
+    mut sink: Option<ScoreSink<'_>>,
+    threads: usize,
+) -> Result<Vec<f32>> {
+    let (hd, nkv) = (cfg.head_dim, cfg.n_kv_heads);
+    let (group, total) = (n_heads / nkv, n_past + 1);
+    let threads = threads.max(1);
+    // Ranges of at least 64 slots, about four items per thread in all.
+    let ranges = (4 * threads).div_ceil(nkv).min(total.div_ceil(64)).max(1);
+    let len = total.div_ceil(ranges);
+    let ranges = total.div_ceil(len);
+    let part = |item: usize| -> StepPart {
+        let (kvh, r) = (item / ranges, item % ranges);
+        let (start, end) = (r * len, ((r + 1) * len).min(total));
+        let n = end - start;
+        let qs = &q[kvh * group * hd..(kvh + 1) * group * hd];
+        let mut row = vec![0.0f32; hd];
+        let mut exp = vec![0.0f32; group * n];
+        for j in start..end {
+            decode_slot(cfg, cfg.k_type, kc, kvh, j, &mut row);
+            for (g, qg) in qs.chunks_exact(hd).enumerate() {
+                exp[g * n + j - start] = dot(qg, &row) * scale;
+            }
+        }
+        let mut max = vec![f32::NEG_INFINITY; group];
+        let mut sum = vec![0.0f32; group];
+        for g in 0..group {
+            let e = &mut exp[g * n..(g + 1) * n];
+            max[g] = e.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            for x in e.iter_mut() {
+                *x = (*x - max[g]).exp();
+                sum[g] += *x;
+            }
+        }
+        let mut out = vec![0.0f32; group * hd];
+        for j in start..end {
+            decode_slot(cfg, cfg.v_type, vc, kvh, j, &mut row);
+            for (g, o) in out.chunks_exact_mut(hd).enumerate() {
+                let w = exp[g * n + j - start];
+                for (a, &x) in o.iter_mut().zip(&row) {
+                    *a += w * x;
+                }
+            }
+        }
+        StepPart {
+            kvh,
+            start,
+            max,
+            sum,
+            out,
+            exp,
+        }
+    };
+    let parts = cpu_pool::run_parts(threads, nkv * ranges, "attention", part)?;
+    let mut out = vec![0.0f32; n_heads * hd];
+    let mut sums = vec![0.0f32; if sink.is_some() { nkv * total } else { 0 }];
+    for (kvh, head_parts) in parts.chunks_exact(ranges).enumerate() {
+        for g in 0..group {
+            let m = head_parts
+                .iter()
+                .fold(f32::NEG_INFINITY, |a, p| a.max(p.max[g]));
+            let z: f32 = head_parts
+                .iter()
+                .map(|p| p.sum[g] * (p.max[g] - m).exp())
+                .sum();
+            let o = &mut out[(kvh * group + g) * hd..(kvh * group + g + 1) * hd];
+            for p in head_parts {
+                let w = (p.max[g] - m).exp() / z;
+                for (a, &x) in o.iter_mut().zip(&p.out[g * hd..(g + 1) * hd]) {
+                    *a += w * x;
+                }
+                if sink.as_ref().is_some_and(|s| s.q0 == 0) {
+                    let n = p.exp.len() / group;
+                    let s = &mut sums[kvh * total + p.start..kvh * total + p.start + n];
+                    for (sj, &e) in s.iter_mut().zip(&p.exp[g * n..(g + 1) * n]) {
+                        *sj += e * w;
+                    }
+                }
+            }
+            debug_assert_eq!(head_parts[0].kvh, kvh);
+        }
+    }
+    if let Some(sink) = sink.as_mut() {
+        merge_sums(cfg, sink, &[&sums], total, n_past);
+    }
+    Ok(out)
 }
 
 /// The shapes `attend` needs: the cache's (`attention::validate`) and the queries'.
@@ -150,20 +289,7 @@ fn attend_decoded(
         }
         (rows, sums)
     };
-    let parts: Vec<(Vec<f32>, Vec<f32>)> = if threads == 1 {
-        vec![work(0)]
-    } else {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads).map(|w| s.spawn(move || work(w))).collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .map_err(|_| Error::InvalidArgument("CPU attention worker panicked".into()))
-                })
-                .collect::<Result<Vec<_>>>()
-        })?
-    };
+    let parts = cpu_pool::run_parts(threads, threads, "attention", work)?;
     let mut out = vec![0.0f32; items * hd];
     for (w, (rows, _)) in parts.iter().enumerate() {
         for (i, row) in rows.chunks_exact(hd).enumerate() {
@@ -325,20 +451,7 @@ fn attend_blocked(
         }
         (rows, sums)
     };
-    let parts: Vec<(Vec<f32>, Vec<f32>)> = if threads == 1 {
-        vec![work(0)]
-    } else {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads).map(|w| s.spawn(move || work(w))).collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .map_err(|_| Error::InvalidArgument("CPU attention worker panicked".into()))
-                })
-                .collect::<Result<Vec<_>>>()
-        })?
-    };
+    let parts = cpu_pool::run_parts(threads, threads, "attention", work)?;
     let mut out = vec![0.0f32; n_tokens * n_heads * hd];
     for (w, (rows, _)) in parts.iter().enumerate() {
         let mut at = 0;
@@ -446,6 +559,8 @@ mod tests {
             (1, 1, 32, 1, 0, 0),
             (2, 3, 64, 7, 13, 2),
             (3, 2, 32, 1, 90, 0),
+            // A decode step over enough slots for several ranges per head.
+            (2, 3, 64, 1, 300, 0),
             (2, 4, 128, 19, 5, 18),
             // Chunks of several query blocks (the blocked path), one ending mid-block.
             (1, 2, 32, 64, 0, 0),

@@ -14,6 +14,7 @@
 pub mod cpu;
 mod cpu_attention;
 mod cpu_lowrank;
+mod cpu_pool;
 pub mod gpu;
 
 use std::path::Path;

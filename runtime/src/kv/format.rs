@@ -224,6 +224,16 @@ pub fn decode_slot_q4c(region: &[u32], hd: usize, slot: usize, out: &mut [f32]) 
 /// rows need their block ([`decode_block_row_q4c`]).
 pub fn decode_row(ty: KvType, row: &[u32], out: &mut [f32]) {
     let hd = out.len();
+    // f16 words hold value 2i in their low half, which on a little-endian CPU is the
+    // first f16 in memory: the row is a plain f16 slice, converted by `half` (F16C/NEON
+    // where the CPU has them).
+    #[cfg(target_endian = "little")]
+    if ty == KvType::F16 && hd.is_multiple_of(2) && row.len() >= hd / 2 {
+        use half::slice::HalfFloatSliceExt;
+        let halves: &[f16] = bytemuck::cast_slice(&row[..hd / 2]);
+        halves.convert_to_f32_slice(out);
+        return;
+    }
     let dw = ty.data_words(hd);
     let scale = |b: usize| f16::from_bits((row[dw + b / 2] >> (16 * (b % 2))) as u16).to_f32();
     for (j, o) in out.iter_mut().enumerate() {

@@ -50,6 +50,7 @@ fn has_avx2() -> bool {
         *AVX2.get_or_init(|| {
             std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -61,7 +62,7 @@ fn has_avx2() -> bool {
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: `has_avx2` checked the CPU for AVX2 and FMA.
+        // SAFETY: `has_avx2` checked the CPU for AVX2, FMA and F16C.
         return unsafe { dot_f32_avx2(a, b) };
     }
     dot_f32_portable(a, b)
@@ -107,16 +108,158 @@ fn h(b: &[u8], at: usize) -> f32 {
 pub fn dot_row(ty: GgmlType, row: &[u8], input: &DotInput<'_>) -> Option<f32> {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: `has_avx2` checked the CPU for AVX2 and FMA.
+        // SAFETY: `has_avx2` checked the CPU for AVX2, FMA and F16C.
         return unsafe { dot_row_avx2(ty, row, input) };
     }
     dot_row_portable(ty, row, input)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_row_avx2(ty: GgmlType, row: &[u8], input: &DotInput<'_>) -> Option<f32> {
-    dot_row_portable(ty, row, input)
+    match ty {
+        GgmlType::Q4_1 => Some(avx2::q4_1(row, input)),
+        GgmlType::Q8_0 => Some(avx2::q8_0(row, input.x)),
+        GgmlType::Q4_K => Some(avx2::q4_k(row, input)),
+        _ => dot_row_portable(ty, row, input),
+    }
+}
+
+/// Hand-vectorized AVX2 forms of the commonest weight types' dots (the compiler's
+/// vectorization of the portable loops unpacks the nibbles lane by lane, which left
+/// decode bound by arithmetic at a fifth of llama.cpp's rate): a block's codes are
+/// widened 8 at a time (`vpmovzxbd`/`vpmovsxbd`), converted to f32 and multiplied with
+/// the activations, then scaled once per block. Same math as `dot_row_portable`, other
+/// summation order; the tests hold both to dequantize + an f64 dot.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{DotInput, QK_K};
+    use crate::quant::blocks::k4_scale_min;
+
+    /// Σ_{l<16} b[l] · x[l] for 16 unsigned bytes, as 8 lanes.
+    #[inline(always)]
+    unsafe fn dot16_u8(b: __m128i, x: &[f32]) -> __m256 {
+        debug_assert!(x.len() >= 16);
+        let a0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
+        let a1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(b, 8)));
+        let p = x.as_ptr();
+        _mm256_fmadd_ps(
+            a1,
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_mul_ps(a0, _mm256_loadu_ps(p)),
+        )
+    }
+
+    /// Σ_{l<16} b[l] · x[l] for 16 signed bytes, as 8 lanes.
+    #[inline(always)]
+    unsafe fn dot16_i8(b: __m128i, x: &[f32]) -> __m256 {
+        debug_assert!(x.len() >= 16);
+        let a0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+        let a1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
+        let p = x.as_ptr();
+        _mm256_fmadd_ps(
+            a1,
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_mul_ps(a0, _mm256_loadu_ps(p)),
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn load16(b: &[u8]) -> __m128i {
+        debug_assert!(b.len() >= 16);
+        _mm_loadu_si128(b.as_ptr() as *const __m128i)
+    }
+
+    /// The f16 at byte `at` (F16C's conversion: every class of value, no branch).
+    #[inline(always)]
+    unsafe fn h(b: &[u8], at: usize) -> f32 {
+        let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Q4_1: d·q + m per value; Σ d·q·x + m·Σx.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4_1(row: &[u8], input: &DotInput<'_>) -> f32 {
+        let low = _mm_set1_epi8(0x0F);
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = 0.0f32;
+        for ((b, xb), &sum) in row
+            .chunks_exact(20)
+            .zip(input.x.chunks_exact(32))
+            .zip(&input.sums)
+        {
+            let q = load16(&b[4..20]);
+            let lo = _mm_and_si128(q, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+            let s = _mm256_add_ps(dot16_u8(lo, &xb[..16]), dot16_u8(hi, &xb[16..]));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(h(b, 0)), s, acc);
+            offset += h(b, 2) * sum;
+        }
+        hsum(acc) + offset
+    }
+
+    /// Q8_0: d·q per value.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q8_0(row: &[u8], x: &[f32]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for (b, xb) in row.chunks_exact(34).zip(x.chunks_exact(32)) {
+            let s = _mm256_add_ps(
+                dot16_i8(load16(&b[2..18]), &xb[..16]),
+                dot16_i8(load16(&b[18..34]), &xb[16..]),
+            );
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(h(b, 0)), s, acc);
+        }
+        hsum(acc)
+    }
+
+    /// Q4_K: per 32 values a 6-bit scale and min; Σ d·sc·q·x − dmin·m·Σx.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4_k(row: &[u8], input: &DotInput<'_>) -> f32 {
+        let low = _mm_set1_epi8(0x0F);
+        let s = &input.sums;
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = 0.0f32;
+        for (i, (b, xb)) in row
+            .chunks_exact(144)
+            .zip(input.x.chunks_exact(QK_K))
+            .enumerate()
+        {
+            let (d, dmin) = (h(b, 0), h(b, 2));
+            let mut scales = [0u8; 12];
+            scales.copy_from_slice(&b[4..16]);
+            for p in 0..4 {
+                let q = &b[16 + 32 * p..48 + 32 * p];
+                let (qa, qb) = (load16(&q[..16]), load16(&q[16..]));
+                let (sc1, m1) = k4_scale_min(2 * p, &scales);
+                let (sc2, m2) = k4_scale_min(2 * p + 1, &scales);
+                let xa = &xb[64 * p..64 * p + 32];
+                let xh = &xb[64 * p + 32..64 * p + 64];
+                let lo = _mm256_add_ps(
+                    dot16_u8(_mm_and_si128(qa, low), &xa[..16]),
+                    dot16_u8(_mm_and_si128(qb, low), &xa[16..]),
+                );
+                let hi = _mm256_add_ps(
+                    dot16_u8(_mm_and_si128(_mm_srli_epi16(qa, 4), low), &xh[..16]),
+                    dot16_u8(_mm_and_si128(_mm_srli_epi16(qb, 4), low), &xh[16..]),
+                );
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc1 as f32), lo, acc);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc2 as f32), hi, acc);
+                let sb = 8 * i + 2 * p;
+                offset -= dmin * (m1 as f32 * s[sb] + m2 as f32 * s[sb + 1]);
+            }
+        }
+        hsum(acc) + offset
+    }
 }
 
 // Index loops over fixed lanes of several arrays at once are the shape that vectorizes.
@@ -287,11 +430,18 @@ mod tests {
                     .zip(&x)
                     .map(|(a, b)| (*a as f64 * *b as f64).abs())
                     .sum();
-                let got = dot_row(ty, &row, &DotInput::new(&x)).unwrap() as f64;
-                assert!(
-                    (got - want).abs() <= 1e-5 * mag + 1e-6,
-                    "{ty} {k} values: {got} vs {want} (Σ|wx| {mag})"
-                );
+                // The dispatched form (AVX2 where this CPU has it) and the portable one.
+                let input = DotInput::new(&x);
+                for (path, got) in [
+                    ("dispatched", dot_row(ty, &row, &input)),
+                    ("portable", dot_row_portable(ty, &row, &input)),
+                ] {
+                    let got = got.unwrap() as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * mag + 1e-6,
+                        "{ty} {k} values, {path}: {got} vs {want} (Σ|wx| {mag})"
+                    );
+                }
             }
         }
         assert!(!fused(GgmlType::Q5_K));
