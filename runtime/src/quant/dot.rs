@@ -121,6 +121,7 @@ unsafe fn dot_row_avx2(ty: GgmlType, row: &[u8], input: &DotInput<'_>) -> Option
         GgmlType::Q4_1 => Some(avx2::q4_1(row, input)),
         GgmlType::Q8_0 => Some(avx2::q8_0(row, input.x)),
         GgmlType::Q4_K => Some(avx2::q4_k(row, input)),
+        GgmlType::Q6_K => Some(avx2::q6_k(row, input.x)),
         _ => dot_row_portable(ty, row, input),
     }
 }
@@ -259,6 +260,50 @@ mod avx2 {
             }
         }
         hsum(acc) + offset
+    }
+
+    /// Q6_K: 6-bit codes (low 4 bits in `ql`, high 2 in `qh`) minus 32, a signed 8-bit
+    /// scale per 16 values and one f16 `d` per 256.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q6_k(row: &[u8], x: &[f32]) -> f32 {
+        let (low, two, bias) = (_mm_set1_epi8(0x0F), _mm_set1_epi8(3), _mm_set1_epi8(32));
+        // The 2 high bits at `shift` of each qh byte, moved to bits 4..6.
+        let high = |qh: __m128i, shift: i32| -> __m128i {
+            let v = match shift {
+                0 => qh,
+                2 => _mm_srli_epi16(qh, 2),
+                4 => _mm_srli_epi16(qh, 4),
+                _ => _mm_srli_epi16(qh, 6),
+            };
+            _mm_slli_epi16(_mm_and_si128(v, two), 4)
+        };
+        let mut acc = _mm256_setzero_ps();
+        for (b, xb) in row.chunks_exact(210).zip(x.chunks_exact(QK_K)) {
+            let d = h(b, 208);
+            for n in 0..2 {
+                let ql = &b[64 * n..64 * n + 64];
+                let qh = &b[128 + 32 * n..128 + 32 * n + 32];
+                let sc = &b[192 + 8 * n..192 + 8 * n + 8];
+                let y = &xb[128 * n..128 * n + 128];
+                for half in 0..2 {
+                    let o = 16 * half;
+                    let (qla, qlb) = (load16(&ql[o..o + 16]), load16(&ql[32 + o..48 + o]));
+                    let qhv = load16(&qh[o..o + 16]);
+                    let codes = [
+                        _mm_or_si128(_mm_and_si128(qla, low), high(qhv, 0)),
+                        _mm_or_si128(_mm_and_si128(qlb, low), high(qhv, 2)),
+                        _mm_or_si128(_mm_and_si128(_mm_srli_epi16(qla, 4), low), high(qhv, 4)),
+                        _mm_or_si128(_mm_and_si128(_mm_srli_epi16(qlb, 4), low), high(qhv, 6)),
+                    ];
+                    for (k, &c) in codes.iter().enumerate() {
+                        let s = dot16_i8(_mm_sub_epi8(c, bias), &y[32 * k + o..32 * k + o + 16]);
+                        let scale = d * (sc[half + 2 * k] as i8) as f32;
+                        acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), s, acc);
+                    }
+                }
+            }
+        }
+        hsum(acc)
     }
 }
 
