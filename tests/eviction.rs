@@ -225,8 +225,12 @@ fn smollm2_gpu_matches_cpu_under_eviction() {
     let prompt = tok.encode(text, true, false).unwrap();
     assert!(prompt.len() > 64, "the prompt must overflow the budget");
     for policy in [KvPolicy::Window, KvPolicy::H2o] {
-        // The full-cache bound of tests/forward.rs for SmolLM2.
-        gpu_matches_cpu_with_eviction(&path, &opts(policy, 48), &prompt, 4, 3e-3);
+        // Measured (llvmpipe): window 1.89e-3, h2o 3.16e-3 worst over the 5 steps, with
+        // the CPU's prefill through `gemm`; each device alone is within 2.8e-3 of the
+        // float64 reference on the full cache (tests/forward.rs), f16 KV rounding
+        // dominating, so the two devices may differ by the sum of both roundings. The
+        // bound is the every-token bound of tests/forward.rs.
+        gpu_matches_cpu_with_eviction(&path, &opts(policy, 48), &prompt, 4, 5e-3);
     }
     // q8 K and V (rotated, the default for quantized types) under window. The GPU's and
     // the CPU's K and V differ by float rounding before quantization, so values near a
