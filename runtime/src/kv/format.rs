@@ -236,6 +236,43 @@ pub fn decode_row(ty: KvType, row: &[u32], out: &mut [f32]) {
     }
     let dw = ty.data_words(hd);
     let scale = |b: usize| f16::from_bits((row[dw + b / 2] >> (16 * (b % 2))) as u16).to_f32();
+    // q8/q4: byte i of the data words holds value i (q8) or values 2i and 2i + 1 in its
+    // low and high nibble (q4) on a little-endian CPU; one scale per block of 32.
+    #[cfg(target_endian = "little")]
+    if matches!(ty, KvType::Q8 | KvType::Q4) && hd.is_multiple_of(KV_BLOCK) && row.len() >= dw {
+        let bytes: &[u8] = bytemuck::cast_slice(&row[..dw]);
+        let per_block = if ty == KvType::Q8 {
+            KV_BLOCK
+        } else {
+            KV_BLOCK / 2
+        };
+        for (b, (o, q)) in out
+            .chunks_exact_mut(KV_BLOCK)
+            .zip(bytes.chunks_exact(per_block))
+            .enumerate()
+        {
+            let d = scale(b);
+            if ty == KvType::Q8 {
+                for (o, &q) in o.iter_mut().zip(q) {
+                    *o = q as i8 as f32 * d;
+                }
+            } else {
+                for (o, &q) in o.chunks_exact_mut(2).zip(q) {
+                    o[0] = ((q & 0xF) as i32 - 8) as f32 * d;
+                    o[1] = ((q >> 4) as i32 - 8) as f32 * d;
+                }
+            }
+        }
+        return;
+    }
+    decode_row_by_value(ty, row, out);
+}
+
+/// `decode_row` one value at a time from its word: the definition the fast paths above
+/// are held to (and the path for big-endian CPUs).
+fn decode_row_by_value(ty: KvType, row: &[u32], out: &mut [f32]) {
+    let dw = ty.data_words(out.len());
+    let scale = |b: usize| f16::from_bits((row[dw + b / 2] >> (16 * (b % 2))) as u16).to_f32();
     for (j, o) in out.iter_mut().enumerate() {
         *o = match ty {
             KvType::F16 => f16::from_bits((row[j / 2] >> (16 * (j % 2))) as u16).to_f32(),
@@ -256,6 +293,23 @@ pub fn decode_row(ty: KvType, row: &[u32], out: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::rng::SplitMix64;
+
+    /// The slice fast paths of `decode_row` give exactly the per-value definition.
+    #[test]
+    fn fast_row_decoding_equals_the_definition() {
+        let mut rng = SplitMix64::new(11);
+        for ty in [KvType::F16, KvType::Q8, KvType::Q4] {
+            for hd in [32, 64, 96, 128] {
+                let x = rng.vec_f32(hd, -3.0, 3.0);
+                let mut w = vec![0u32; ty.row_words(hd)];
+                encode_row(ty, &x, &mut w);
+                let (mut fast, mut slow) = (vec![0.0f32; hd], vec![0.0f32; hd]);
+                decode_row(ty, &w, &mut fast);
+                decode_row_by_value(ty, &w, &mut slow);
+                assert_eq!(fast, slow, "{ty:?} hd {hd}");
+            }
+        }
+    }
 
     #[test]
     fn rows_round_trip_within_the_type_error() {
