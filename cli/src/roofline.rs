@@ -162,7 +162,7 @@ pub fn measure(model: &Model, file: &GgufFile, m: usize) -> Res<DeviceLimits> {
             };
             let mm_once = || -> Res<f64> {
                 let t = Instant::now();
-                kvedge_models::llama::cpu::matmul_rows(&info, &w, &x, m, threads)?;
+                kvedge_models::llama::cpu_matmul::matmul_rows(&info, &w, &x, m, threads)?;
                 Ok(t.elapsed().as_secs_f64())
             };
             mm_once()?;

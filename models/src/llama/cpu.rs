@@ -15,8 +15,7 @@ use std::sync::Arc;
 
 use super::cpu_attention::{self, ScoreSink};
 use super::cpu_lowrank::{self, Latents};
-use super::cpu_pool;
-use kvedge_runtime::gguf::TensorInfo;
+use super::cpu_matmul::matmul_rows;
 use kvedge_runtime::kernels::lowrank_rebuild::{self, RebuildShape};
 use kvedge_runtime::kernels::{
     add, embed, hadamard, kv_compact, kv_gate, kv_select, kv_store, rmsnorm, rope, silu_mul,
@@ -24,7 +23,6 @@ use kvedge_runtime::kernels::{
 use kvedge_runtime::kv::{
     KvBudget, KvCacheConfig, KvOptions, KvPlan, KvPolicy, KvStats, KvType, TidalRole,
 };
-use kvedge_runtime::quant::{dequantize, dot};
 
 use super::LlamaModel;
 use crate::lowrank::factor_names;
@@ -77,140 +75,6 @@ pub struct CpuForward {
     gate_ring: Vec<Vec<f32>>,
     /// Gate flags over the threshold, and all flags, since the session began.
     gate_flags: (u64, u64),
-}
-
-/// Dot product in f32 (`quant::dot::dot_f32`: 16 lanes, AVX2 where the CPU has it).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dot::dot_f32(a, b)
-}
-
-/// `y[m][n] = x[m][k] · W[n][k]^T` with W read from the file, rows split over threads.
-///
-/// One token (decode) dots each quantized row with `x` directly (`matvec_rows`). Several
-/// tokens (prefill) dequantize a panel of W's rows to f32 at a time and multiply it with
-/// all of `x` through the `gemm` crate's register-tiled f32 kernels (AVX2/AVX-512/NEON
-/// chosen at run time), so each weight is dequantized once per chunk and the arithmetic
-/// runs near the core's FMA rate; a hand-written tiled kernel would repeat what that
-/// crate already does for every SIMD level a phone or laptop has.
-pub fn matmul_rows(
-    w: &TensorInfo,
-    bytes: &[u8],
-    x: &[f32],
-    m: usize,
-    threads: usize,
-) -> Result<Vec<f32>, ModelError> {
-    let (k, n) = (w.n_cols() as usize, w.n_rows() as usize);
-    if x.len() != m * k {
-        return Err(ModelError::Runtime(kvedge_runtime::Error::InvalidArgument(
-            format!(
-                "matmul: {m} activation rows of {k} expected ({} values), found {}",
-                m * k,
-                x.len()
-            ),
-        )));
-    }
-    let row_bytes = bytes.len() / n.max(1);
-    if m == 1 && dot::fused(w.ty) {
-        return matvec_rows(w.ty, bytes, row_bytes, x, n, threads);
-    }
-    // Each thread owns a range of W's rows and writes its [m][rows] block; the blocks
-    // are interleaved into y after.
-    let per = n.div_ceil(threads.max(1)).max(1);
-    let starts: Vec<usize> = (0..n).step_by(per).collect();
-    let parts = cpu_pool::run_parts(threads, starts.len(), "matmul", |p| {
-        let r0 = starts[p];
-        matmul_panel_rows(w.ty, bytes, row_bytes, x, m, k, r0, (r0 + per).min(n))
-    })?;
-    let mut y = vec![0.0f32; m * n];
-    for (p, part) in parts.into_iter().enumerate() {
-        let part = part?;
-        let r0 = p * per;
-        let width = part.len() / m.max(1);
-        for (i, row) in part.chunks_exact(width.max(1)).enumerate() {
-            y[i * n + r0..i * n + r0 + width].copy_from_slice(row);
-        }
-    }
-    Ok(y)
-}
-
-/// Rows `r0..r1` of `x · W^T` as an [m][r1 - r0] block: W dequantized a panel of rows at
-/// a time (about 256 KiB of f32, so it stays in the core's cache while `gemm` reuses it
-/// for every token), multiplied by `gemm` with no threading of its own.
-#[allow(clippy::too_many_arguments)]
-fn matmul_panel_rows(
-    ty: kvedge_runtime::quant::GgmlType,
-    bytes: &[u8],
-    row_bytes: usize,
-    x: &[f32],
-    m: usize,
-    k: usize,
-    r0: usize,
-    r1: usize,
-) -> Result<Vec<f32>, ModelError> {
-    let width = r1 - r0;
-    let panel_rows = (65536 / k.max(1)).clamp(8, 256).min(width.max(1));
-    let mut panel = vec![0.0f32; panel_rows * k];
-    let mut out = vec![0.0f32; m * width];
-    for p0 in (r0..r1).step_by(panel_rows) {
-        let p1 = (p0 + panel_rows).min(r1);
-        let rows = p1 - p0;
-        for r in p0..p1 {
-            let dst = &mut panel[(r - p0) * k..(r - p0 + 1) * k];
-            dequantize(ty, &bytes[r * row_bytes..(r + 1) * row_bytes], dst)?;
-        }
-        // SAFETY: dst is out[i * width + (p0 - r0) + j] for i < m, j < rows, inside `out`
-        // (p1 <= r1); lhs is x[i * k + l] for i < m, l < k, inside `x` (checked m * k
-        // long by the caller); rhs is panel[j * k + l] for j < rows <= panel_rows, l < k.
-        // The three do not overlap, and no other thread sees these buffers.
-        unsafe {
-            gemm::gemm(
-                m,
-                rows,
-                k,
-                out.as_mut_ptr().add(p0 - r0),
-                1,
-                width as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                panel.as_ptr(),
-                k as isize,
-                1,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    }
-    Ok(out)
-}
-
-/// `y[n] = W[n][k] · x`, each row's blocks dotted with x without dequantizing it first
-/// (`quant::dot`), rows split over threads: the decode path.
-fn matvec_rows(
-    ty: kvedge_runtime::quant::GgmlType,
-    bytes: &[u8],
-    row_bytes: usize,
-    x: &[f32],
-    n: usize,
-    threads: usize,
-) -> Result<Vec<f32>, ModelError> {
-    let input = dot::DotInput::new(x);
-    let mut y = vec![0.0f32; n];
-    let per = n.div_ceil(threads.max(1)).max(1);
-    let input = &input;
-    cpu_pool::for_chunks(threads, &mut y, per, "matvec", |c, ys| {
-        for (i, yi) in ys.iter_mut().enumerate() {
-            let r = c * per + i;
-            let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-            *yi = dot::dot_row(ty, row, input).unwrap_or(f32::NAN);
-        }
-    })?;
-    Ok(y)
 }
 
 impl CpuForward {
@@ -917,73 +781,5 @@ fn unstage_rows<T: Copy>(
     for h in 0..from.n_kv_heads {
         let (a, b) = (h * from.capacity * width, h * to.capacity * width);
         cache[b..b + keep * width].copy_from_slice(&staged[a..a + keep * width]);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kvedge_runtime::quant::{random_blocks, GgmlType};
-    use kvedge_runtime::rng::SplitMix64;
-
-    /// `matmul_rows` (gemm over dequantized panels, or the fused matvec for one token)
-    /// against dequantize + f64 dot, on fresh random weights of every main weight type,
-    /// odd token counts and row counts that split unevenly over threads and panels.
-    #[test]
-    fn matmul_rows_matches_an_f64_reference() {
-        let mut rng = SplitMix64::new(0x6d61_746d);
-        let cases = [
-            (GgmlType::Q4_1, 64, 37, 1, 1),
-            (GgmlType::Q4_1, 576, 301, 7, 3),
-            (GgmlType::Q4_K, 512, 131, 5, 2),
-            (GgmlType::Q6_K, 256, 513, 2, 3),
-            (GgmlType::Q8_0, 96, 9, 33, 2),
-            (GgmlType::F16, 40, 3, 4, 1),
-            (GgmlType::Q4_0, 2048, 70, 3, 2),
-        ];
-        for (ty, k, n, m, threads) in cases {
-            let bytes = random_blocks(ty, k * n, &mut rng).unwrap();
-            let info = TensorInfo {
-                name: "w".into(),
-                ty,
-                dims: vec![k as u64, n as u64],
-                offset: 0,
-                n_elements: (k * n) as u64,
-                n_bytes: bytes.len() as u64,
-            };
-            let x: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
-            let y = matmul_rows(&info, &bytes, &x, m, threads).unwrap();
-            assert_eq!(y.len(), m * n);
-            let row_bytes = bytes.len() / n;
-            let mut w = vec![0.0f32; k];
-            let mut worst = 0.0f64;
-            for r in 0..n {
-                dequantize(ty, &bytes[r * row_bytes..(r + 1) * row_bytes], &mut w).unwrap();
-                for i in 0..m {
-                    let want: f64 = w
-                        .iter()
-                        .zip(&x[i * k..(i + 1) * k])
-                        .map(|(&a, &b)| a as f64 * b as f64)
-                        .sum();
-                    let scale: f64 = w.iter().map(|&a| (a as f64).abs()).sum::<f64>() + 1.0;
-                    worst = worst.max((y[i * n + r] as f64 - want).abs() / scale);
-                }
-            }
-            assert!(
-                worst < 1e-6,
-                "{ty} k {k} n {n} m {m} threads {threads}: relative error {worst}"
-            );
-        }
-        // A wrong activation length is an error, not a panic.
-        let bytes = random_blocks(GgmlType::Q8_0, 64, &mut rng).unwrap();
-        let info = TensorInfo {
-            name: "w".into(),
-            ty: GgmlType::Q8_0,
-            dims: vec![32, 2],
-            offset: 0,
-            n_elements: 64,
-            n_bytes: bytes.len() as u64,
-        };
-        assert!(matmul_rows(&info, &bytes, &[0.0; 33], 1, 1).is_err());
     }
 }

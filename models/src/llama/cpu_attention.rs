@@ -15,7 +15,7 @@ use kvedge_runtime::kernels::attention;
 use kvedge_runtime::kv::{decode_row, decode_slot_q4c, KvCacheConfig, KvType};
 use kvedge_runtime::{Error, Result};
 
-use super::cpu::dot;
+use super::cpu_matmul::{dot, gemm_f32, MatRef};
 use super::cpu_pool;
 
 /// Where the slot sums go: as `attn_score::reference` with a `ScoreRange` of this chunk.
@@ -359,7 +359,7 @@ fn attend_blocked(
     let threads = threads.clamp(1, items.max(1));
     let q_stride = n_heads * hd;
     // Each worker: its blocks' outputs in item order ([rows][hd] each) and its slot sums.
-    let work = |w: usize| -> (Vec<f32>, Vec<f32>) {
+    let work = |w: usize| -> Result<(Vec<f32>, Vec<f32>)> {
         let mut rows = Vec::new();
         let mut sums = vec![0.0f32; if q0.is_some() { nkv * total } else { 0 }];
         let mut p = vec![0.0f32; QUERY_BLOCK * total];
@@ -371,33 +371,13 @@ fn attend_blocked(
             let k = &keys[kvh * total * hd..(kvh * total + seen) * hd];
             let v = &values[kvh * total * hd..(kvh * total + seen) * hd];
             let qb = &q[t0 * q_stride + h * hd..];
-            // SAFETY: dst is p[i * seen + j] for i < m <= QUERY_BLOCK, j < seen <= total;
-            // lhs is qb[i * q_stride + l] for i < m, l < hd: the head's query rows of
-            // tokens t0..t1, inside q (checked n_tokens * n_heads * hd long); rhs is
-            // k[j * hd + l] for j < seen, l < hd, inside `k`. Disjoint, thread-local.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    seen,
-                    hd,
-                    p.as_mut_ptr(),
-                    1,
-                    seen as isize,
-                    false,
-                    qb.as_ptr(),
-                    1,
-                    q_stride as isize,
-                    k.as_ptr(),
-                    hd as isize,
-                    1,
-                    0.0f32,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            gemm_f32(
+                &mut p[..m * seen],
+                seen,
+                MatRef::rows(qb, m, hd, q_stride),
+                MatRef::transposed(k, hd, seen, hd),
+                scale,
+            )?;
             for (i, row) in p[..m * seen].chunks_exact_mut(seen).enumerate() {
                 let visible = n_past + t0 + i + 1;
                 let mx = row[..visible]
@@ -422,36 +402,19 @@ fn attend_blocked(
             }
             let start = rows.len();
             rows.resize(start + m * hd, 0.0);
-            // SAFETY: dst is rows[start + i * hd + l] for i < m, l < hd (just resized);
-            // lhs is p[i * seen + j], i < m, j < seen; rhs is v[j * hd + l], j < seen,
-            // l < hd, inside `v`. Disjoint, thread-local.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    hd,
-                    seen,
-                    rows.as_mut_ptr().add(start),
-                    1,
-                    hd as isize,
-                    false,
-                    p.as_ptr(),
-                    1,
-                    seen as isize,
-                    v.as_ptr(),
-                    1,
-                    hd as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            gemm_f32(
+                &mut rows[start..],
+                hd,
+                MatRef::rows(&p[..m * seen], m, seen, seen),
+                MatRef::rows(v, seen, hd, hd),
+                1.0,
+            )?;
         }
-        (rows, sums)
+        Ok((rows, sums))
     };
-    let parts = cpu_pool::run_parts(threads, threads, "attention", work)?;
+    let parts = cpu_pool::run_parts(threads, threads, "attention", work)?
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
     let mut out = vec![0.0f32; n_tokens * n_heads * hd];
     for (w, (rows, _)) in parts.iter().enumerate() {
         let mut at = 0;

@@ -12,8 +12,9 @@
 //! then logits = (rmsnorm(x)·w_out_norm)·Wout (Wout = token embedding when tied).
 
 pub mod cpu;
-mod cpu_attention;
+pub mod cpu_attention;
 mod cpu_lowrank;
+pub mod cpu_matmul;
 mod cpu_pool;
 pub mod gpu;
 
