@@ -77,10 +77,10 @@ if [ ! -x "$bench" ]; then
               "-DVulkan_LIBRARY=$vk_lib")
   fi
   echo "building llama.cpp ($device) from llama-cpp-python $LCP_VERSION: about 17 minutes on 2 cores (CPU), 12 more with Vulkan"
-  PATH=$work/venv/bin:$PATH cmake -S "$work/src/vendor/llama.cpp" -B "$work/build-$device" -G Ninja \
+  PATH=$PWD/$work/venv/bin:$PATH cmake -S "$work/src/vendor/llama.cpp" -B "$work/build-$device" -G Ninja \
     -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF "${backend[@]}" > "$work/cmake-$device.log"
-  PATH=$work/venv/bin:$PATH cmake --build "$work/build-$device" --target llama-bench -j "$(nproc)" > "$work/build-$device.log"
+  PATH=$PWD/$work/venv/bin:$PATH cmake --build "$work/build-$device" --target llama-bench -j "$(nproc)" > "$work/build-$device.log"
 fi
 [ "$build_only" = 0 ] || { echo "built $bench"; exit 0; }
 cargo build --release --quiet

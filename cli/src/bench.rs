@@ -1,7 +1,8 @@
 //! `kvedge bench --kernels`: the rate each hot kernel reaches on the adapter at hand, the
 //! equivalent of a criterion benchmark per kernel (the shaders need the GPU device, so
-//! this is a CLI command rather than a `cargo bench` harness). Without `--kernels`,
-//! `kvedge bench` measures a whole model (`bench_model`).
+//! this is a CLI command rather than a `cargo bench` harness). With `--device cpu` the
+//! same kernels, shapes and table for the CPU device's own kernels (`bench_cpu`).
+//! Without `--kernels`, `kvedge bench` measures a whole model (`bench_model`).
 //!
 //! - `matvec` (decode projections): for each quant type a weight matrix of about `--mib`
 //!   MiB with `--cols` columns; GB/s of weight bytes read (x and y are negligible).
@@ -19,6 +20,7 @@
 use std::time::Instant;
 
 use clap::Args;
+use kvedge_models::Device;
 use kvedge_runtime::gpu::{DeviceOptions, GpuContext, GpuMatrix};
 use kvedge_runtime::kernels::{attention, copy, kv_store, matmul, matvec};
 use kvedge_runtime::kv::{encode_row, KvCacheConfig, KvType, Q4C_SLOTS};
@@ -30,57 +32,57 @@ use kvedge_runtime::wgpu;
 pub struct BenchArgs {
     /// Benchmark the kernels instead of a model.
     #[arg(long)]
-    kernels: bool,
+    pub(crate) kernels: bool,
     #[command(flatten)]
-    model: crate::bench_model::ModelBenchArgs,
+    pub(crate) model: crate::bench_model::ModelBenchArgs,
     /// Kernels to measure (comma-separated): matvec, matmul, attention, copy
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "matvec,matmul,attention,copy"
     )]
-    kernel: Vec<String>,
+    pub(crate) kernel: Vec<String>,
     /// Approximate weight-matrix size per type (matvec) and buffer size (copy), in MiB.
     #[arg(long, default_value_t = 64)]
-    mib: usize,
+    pub(crate) mib: usize,
     /// Columns of the weight matrix (a multiple of 256).
     #[arg(long, default_value_t = 4096)]
-    cols: usize,
+    pub(crate) cols: usize,
     /// Matmul: rows of the weight matrix.
     #[arg(long, default_value_t = 1024)]
-    mm_rows: usize,
+    pub(crate) mm_rows: usize,
     /// Matmul: tokens (rows of activations).
     #[arg(long, default_value_t = 128)]
-    tokens: usize,
+    pub(crate) tokens: usize,
     /// Attention: cached positions per KV head.
     #[arg(long, default_value_t = 4096)]
-    slots: usize,
+    pub(crate) slots: usize,
     /// Dispatches per timed submission (matvec, attention, copy).
     #[arg(long, default_value_t = 10)]
-    iters: usize,
+    pub(crate) iters: usize,
     /// Timed repetitions.
     #[arg(short = 'r', long, default_value_t = 5)]
-    reps: usize,
+    pub(crate) reps: usize,
     /// Comma-separated weight types for matvec and matmul (default: all compute types).
     #[arg(long, value_delimiter = ',')]
-    types: Vec<String>,
+    pub(crate) types: Vec<String>,
     /// Print JSON instead of a markdown table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
-struct Row {
-    kernel: &'static str,
-    config: String,
+pub(crate) struct Row {
+    pub(crate) kernel: &'static str,
+    pub(crate) config: String,
     /// "GB/s" or "GFLOP/s".
-    unit: &'static str,
-    median_us: f64,
-    rate_median: f64,
-    rate_min: f64,
-    rate_max: f64,
+    pub(crate) unit: &'static str,
+    pub(crate) median_us: f64,
+    pub(crate) rate_median: f64,
+    pub(crate) rate_min: f64,
+    pub(crate) rate_max: f64,
 }
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Time `per_submit` recordings of `op` per submission over `reps` repetitions after a
 /// warm-up; `work` units (bytes or FLOPs) per op; the row with rates in units of 1e9/s.
@@ -106,22 +108,36 @@ fn measure(
         Ok(t.elapsed().as_secs_f64() / n as f64)
     };
     submit(per_submit.min(2))?; // warm-up: pipeline compile, first touches
-    let mut times: Vec<f64> = (0..reps).map(|_| submit(per_submit)).collect::<Res<_>>()?;
-    times.sort_by(f64::total_cmp);
-    let rate = |t: f64| work / t / 1e9;
-    let median = times[times.len() / 2];
-    Ok(Row {
-        kernel,
-        config,
-        unit,
-        median_us: median * 1e6,
-        rate_median: rate(median),
-        rate_min: rate(times[times.len() - 1]),
-        rate_max: rate(times[0]),
-    })
+    let times: Vec<f64> = (0..reps).map(|_| submit(per_submit)).collect::<Res<_>>()?;
+    Ok(Row::from_times(kernel, config, unit, work, times))
 }
 
-fn weight_types(names: &[String]) -> Res<Vec<GgmlType>> {
+impl Row {
+    /// The row for seconds per op `times` (one per repetition) of `work` units per op,
+    /// rates in units of 1e9/s.
+    pub(crate) fn from_times(
+        kernel: &'static str,
+        config: String,
+        unit: &'static str,
+        work: f64,
+        mut times: Vec<f64>,
+    ) -> Self {
+        times.sort_by(f64::total_cmp);
+        let rate = |t: f64| work / t / 1e9;
+        let median = times[times.len() / 2];
+        Row {
+            kernel,
+            config,
+            unit,
+            median_us: median * 1e6,
+            rate_median: rate(median),
+            rate_min: rate(times[times.len() - 1]),
+            rate_max: rate(times[0]),
+        }
+    }
+}
+
+pub(crate) fn weight_types(names: &[String]) -> Res<Vec<GgmlType>> {
     if names.is_empty() {
         return Ok(GgmlType::compute_types().to_vec());
     }
@@ -194,43 +210,73 @@ fn bench_matmul(ctx: &GpuContext, a: &BenchArgs, types: &[GgmlType]) -> Res<Vec<
     Ok(rows)
 }
 
-fn bench_attention(ctx: &GpuContext, a: &BenchArgs) -> Res<Vec<Row>> {
-    let (n_heads, n_kv, hd) = (32usize, 8usize, 128usize);
-    let mut rows = Vec::new();
-    // q4c keys with q4 values, as `--kv-type q4c` stores them.
-    for (ty, vty) in [
-        (KvType::F16, KvType::F16),
-        (KvType::Q8, KvType::Q8),
-        (KvType::Q4, KvType::Q4),
-        (KvType::Q4C, KvType::Q4),
-    ] {
-        let cfg = KvCacheConfig {
-            n_layers: 1,
-            n_kv_heads: n_kv,
-            head_dim: hd,
-            capacity: a.slots.next_multiple_of(Q4C_SLOTS),
-            k_type: ty,
-            v_type: vty,
-        };
-        let mut rng = SplitMix64::new(ty.shader_id() as u64 + 7);
-        let mut encoded = |ty: KvType| -> Vec<u32> {
-            let row = ty.row_words(hd);
-            let mut words = vec![0u32; n_kv * cfg.capacity * row];
-            if ty.blocks_slots() {
-                let x = rng.vec_f32(cfg.capacity * n_kv * hd, -1.0, 1.0);
-                let mut pending = vec![0.0f32; cfg.k_pending_words()];
-                kv_store::reference_q4c(&cfg, hd, &x, &mut words, &mut pending, cfg.capacity, 0);
-            } else {
-                let mut x = vec![0.0f32; hd];
-                for r in words.chunks_exact_mut(row) {
-                    x.iter_mut().for_each(|v| *v = rng.uniform(-1.0, 1.0));
-                    encode_row(ty, &x, r);
-                }
+/// The decode-attention shape the kernel benchmarks use (a Llama-3-8B layer): query heads,
+/// KV heads, head size.
+pub(crate) const ATTENTION_SHAPE: (usize, usize, usize) = (32, 8, 128);
+
+/// The K and V storage pairs benchmarked: q4c keys with q4 values, as `--kv-type q4c`
+/// stores them.
+pub(crate) const KV_PAIRS: [(KvType, KvType); 4] = [
+    (KvType::F16, KvType::F16),
+    (KvType::Q8, KvType::Q8),
+    (KvType::Q4, KvType::Q4),
+    (KvType::Q4C, KvType::Q4),
+];
+
+/// A one-layer cache of `slots` positions (capacity rounded up to q4c's blocks) with K
+/// stored as `k` and V as `v`, filled with encoded random rows: (config, K words, V words).
+pub(crate) fn random_cache(
+    slots: usize,
+    k: KvType,
+    v: KvType,
+) -> (KvCacheConfig, Vec<u32>, Vec<u32>) {
+    let (_, n_kv, hd) = ATTENTION_SHAPE;
+    let cfg = KvCacheConfig {
+        n_layers: 1,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+        capacity: slots.next_multiple_of(Q4C_SLOTS),
+        k_type: k,
+        v_type: v,
+    };
+    let mut rng = SplitMix64::new(k.shader_id() as u64 + 7);
+    let mut encoded = |ty: KvType| -> Vec<u32> {
+        let row = ty.row_words(hd);
+        let mut words = vec![0u32; n_kv * cfg.capacity * row];
+        if ty.blocks_slots() {
+            let x = rng.vec_f32(cfg.capacity * n_kv * hd, -1.0, 1.0);
+            let mut pending = vec![0.0f32; cfg.k_pending_words()];
+            kv_store::reference_q4c(&cfg, hd, &x, &mut words, &mut pending, cfg.capacity, 0);
+        } else {
+            let mut x = vec![0.0f32; hd];
+            for r in words.chunks_exact_mut(row) {
+                x.iter_mut().for_each(|v| *v = rng.uniform(-1.0, 1.0));
+                encode_row(ty, &x, r);
             }
-            words
-        };
-        let kc = ctx.upload("bench.k", &encoded(ty))?;
-        let vc = ctx.upload("bench.v", &encoded(vty))?;
+        }
+        words
+    };
+    let (kw, vw) = (encoded(k), encoded(v));
+    (cfg, kw, vw)
+}
+
+/// The label of a K/V storage pair.
+pub(crate) fn kv_label(k: KvType, v: KvType) -> String {
+    if k == v {
+        k.name().to_string()
+    } else {
+        format!("K {} V {}", k.name(), v.name())
+    }
+}
+
+fn bench_attention(ctx: &GpuContext, a: &BenchArgs) -> Res<Vec<Row>> {
+    let (n_heads, n_kv, hd) = ATTENTION_SHAPE;
+    let mut rows = Vec::new();
+    for (ty, vty) in KV_PAIRS {
+        let (cfg, kw, vw) = random_cache(a.slots, ty, vty);
+        let mut rng = SplitMix64::new(ty.shader_id() as u64 + 8);
+        let kc = ctx.upload("bench.k", &kw)?;
+        let vc = ctx.upload("bench.v", &vw)?;
         let q = ctx.upload("bench.q", &rng.vec_f32(n_heads * hd, -1.0, 1.0))?;
         let out = ctx.storage_f32("bench.out", n_heads * hd)?;
         let lse = ctx.storage_f32("bench.lse", n_heads)?;
@@ -253,11 +299,7 @@ fn bench_attention(ctx: &GpuContext, a: &BenchArgs) -> Res<Vec<Row>> {
             )?)
         };
         let bytes = (4 * n_kv * a.slots * (cfg.k_row_words() + cfg.v_row_words())) as f64;
-        let types = if ty == vty {
-            ty.name().to_string()
-        } else {
-            format!("K {} V {}", ty.name(), vty.name())
-        };
+        let types = kv_label(ty, vty);
         let config = format!(
             "decode, {types} KV, {} slots x {n_kv} KV heads of {hd}, {n_heads} heads",
             a.slots
@@ -325,20 +367,11 @@ pub fn run(args: &BenchArgs) -> Res<()> {
         }
     }
     let types = weight_types(&args.types)?;
-    let ctx = GpuContext::new(&DeviceOptions::default())?;
-    eprintln!(
-        "adapter: {} ({:?}, {:?}); {} reps after a warm-up",
-        ctx.info.name, ctx.info.backend, ctx.info.device_type, args.reps
-    );
-    let mut rows = Vec::new();
-    for k in &args.kernel {
-        rows.extend(match k.as_str() {
-            "matvec" => bench_matvec(&ctx, args, &types)?,
-            "matmul" => bench_matmul(&ctx, args, &types)?,
-            "attention" => bench_attention(&ctx, args)?,
-            _ => bench_copy(&ctx, args)?,
-        });
-    }
+    let (device, rows) = if args.model.model.device == Device::Cpu {
+        crate::bench_cpu::run(args, &types)?
+    } else {
+        gpu_rows(args, &types)?
+    };
     if args.json {
         let items: Vec<String> = rows
             .iter()
@@ -350,13 +383,11 @@ pub fn run(args: &BenchArgs) -> Res<()> {
             })
             .collect();
         println!(
-            "{{\"adapter\":{:?},\"backend\":\"{:?}\",\"results\":[{}]}}",
-            ctx.info.name,
-            ctx.info.backend,
+            "{{\"device\":{device:?},\"results\":[{}]}}",
             items.join(",")
         );
     } else {
-        println!("kernels on {} ({:?})\n", ctx.info.name, ctx.info.backend);
+        println!("kernels on {device}\n");
         println!("| kernel | configuration | median µs | rate (median) | min .. max |");
         println!("|---|---|---:|---:|---|");
         for r in &rows {
@@ -367,4 +398,23 @@ pub fn run(args: &BenchArgs) -> Res<()> {
         }
     }
     Ok(())
+}
+
+/// The GPU kernels' rows on the adapter wgpu picks, and its name.
+fn gpu_rows(args: &BenchArgs, types: &[GgmlType]) -> Res<(String, Vec<Row>)> {
+    let ctx = GpuContext::new(&DeviceOptions::default())?;
+    eprintln!(
+        "adapter: {} ({:?}, {:?}); {} reps after a warm-up",
+        ctx.info.name, ctx.info.backend, ctx.info.device_type, args.reps
+    );
+    let mut rows = Vec::new();
+    for k in &args.kernel {
+        rows.extend(match k.as_str() {
+            "matvec" => bench_matvec(&ctx, args, types)?,
+            "matmul" => bench_matmul(&ctx, args, types)?,
+            "attention" => bench_attention(&ctx, args)?,
+            _ => bench_copy(&ctx, args)?,
+        });
+    }
+    Ok((format!("{} ({:?})", ctx.info.name, ctx.info.backend), rows))
 }

@@ -9,6 +9,7 @@
 //! - `kvedge tokenize`: a text's token ids, for the gate trainer.
 
 mod bench;
+mod bench_cpu;
 mod bench_model;
 mod compress;
 mod devices;

@@ -470,43 +470,63 @@ fn bench_measures_a_model_and_marks_synthetic_ones() {
     let _ = std::fs::remove_file(model);
 }
 
-/// `bench --kernels`: every hot kernel reports its rate (a GPU is needed: skips without
-/// one unless KVEDGE_REQUIRE_GPU=1).
+/// `bench --kernels`: every hot kernel reports a positive rate, on the GPU (skips without
+/// an adapter unless KVEDGE_REQUIRE_GPU=1) and on the CPU device.
 #[test]
 fn kernel_benchmarks_report_a_rate_for_every_kernel() {
-    let (ok, stdout, err) = kvedge(&[
-        "bench",
-        "--kernels",
-        "--types",
-        "Q8_0",
-        "--mib",
-        "1",
-        "--tokens",
-        "8",
-        "--mm-rows",
-        "64",
-        "--slots",
-        "64",
-        "--iters",
-        "1",
-        "-r",
-        "1",
-        "--json",
-    ]);
-    if !ok && err.contains("no GPU adapter found") && std::env::var("KVEDGE_REQUIRE_GPU").is_err() {
-        eprintln!("skipping: {err}");
-        return;
-    }
-    assert!(ok, "{err}");
-    for kernel in ["matvec", "matmul", "attention", "copy"] {
+    for device in ["gpu", "cpu"] {
+        let (ok, stdout, err) = kvedge(&[
+            "bench",
+            "--kernels",
+            "--device",
+            device,
+            "--types",
+            "Q8_0",
+            "--mib",
+            "1",
+            "--tokens",
+            "8",
+            "--mm-rows",
+            "64",
+            "--slots",
+            "64",
+            "--iters",
+            "1",
+            "-r",
+            "1",
+            "--json",
+        ]);
+        if !ok
+            && err.contains("no GPU adapter found")
+            && std::env::var("KVEDGE_REQUIRE_GPU").is_err()
+        {
+            eprintln!("skipping the GPU: {err}");
+            continue;
+        }
+        assert!(ok, "{device}: {err}");
+        for kernel in ["matvec", "matmul", "attention", "copy"] {
+            assert!(
+                stdout.contains(&format!("\"kernel\":\"{kernel}\"")),
+                "{device}: {kernel} missing: {stdout}"
+            );
+        }
+        // matvec, matmul, attention over f16 / q8 / q4 / q4c keys, copy; every rate a
+        // positive number.
+        let rates: Vec<f64> = stdout
+            .split("\"rate\":")
+            .skip(1)
+            .map(|r| r.split(',').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(rates.len(), 7, "{device}: {stdout}");
         assert!(
-            stdout.contains(&format!("\"kernel\":\"{kernel}\"")),
-            "{kernel} missing: {stdout}"
+            rates.iter().all(|&r| r > 0.0 && r.is_finite()),
+            "{device}: {stdout}"
         );
+        assert!(stdout.contains("K q4c V q4 KV"), "{device}: {stdout}");
+        if device == "cpu" {
+            assert!(stdout.contains("\"device\":\"CPU ("), "{stdout}");
+        }
     }
-    // matvec, matmul, attention over f16 / q8 / q4 / q4c keys, copy.
-    assert_eq!(stdout.matches("\"rate\":").count(), 7, "{stdout}");
-    assert!(stdout.contains("K q4c V q4 KV"), "{stdout}");
     let (ok, _, err) = kvedge(&["bench", "--kernels", "--kernel", "gemm"]);
     assert!(!ok && err.contains("unknown kernel 'gemm'"), "{err}");
 }
