@@ -6,7 +6,8 @@
 //! logits' readback, so the clock is read only after the device finished. One warm-up
 //! repetition is not counted; the table gives the median and the min..max spread, the KV
 //! bytes, the GPU memory the session created and the peak host RSS. `--roofline` adds the
-//! fraction of the device's limits each speed reaches (`roofline`).
+//! fraction of the device's limits each speed reaches (`roofline`); `--profile` each
+//! kernel's GPU time (`bench_profile`).
 
 use std::time::Instant;
 
@@ -16,7 +17,7 @@ use kvedge_runtime::gguf::GgufFile;
 use kvedge_runtime::rng::SplitMix64;
 
 use crate::generate::{load_model, ModelArgs};
-use crate::roofline;
+use crate::{bench_profile, roofline};
 
 #[derive(Args)]
 pub struct ModelBenchArgs {
@@ -40,6 +41,10 @@ pub struct ModelBenchArgs {
     /// them each speed reaches
     #[arg(long)]
     pub roofline: bool,
+    /// Also print each kernel's GPU time from timestamp queries (one extra, untimed run
+    /// per depth; GPU device only)
+    #[arg(long)]
+    pub profile: bool,
 }
 
 fn spread(v: &mut [f64]) -> (f64, f64, f64) {
@@ -82,6 +87,12 @@ pub fn run(
     if args.n_prompt == 0 || args.n_gen == 0 || reps == 0 || args.depths.is_empty() {
         return Err("-p, -n and -r must be positive and -d must list a depth".into());
     }
+    if args.profile && args.model.device == kvedge_models::Device::Cpu {
+        return Err(
+            "--profile needs the GPU device (it reads the adapter's timestamp queries); drop --device cpu"
+                .into(),
+        );
+    }
     let (path, model) = load_model(&args.model)?;
     let file = GgufFile::open(&path)?;
     let vocab = model.hparams().n_vocab as u64;
@@ -93,6 +104,7 @@ pub fn run(
     let mut rows = Vec::new();
     let mut kv_plan = String::new();
     let mut device = String::new();
+    let mut profiles = Vec::new();
     for &depth in &args.depths {
         let context = match args.model.ctx_size {
             0 => depth + args.n_prompt + args.n_gen + 8,
@@ -124,21 +136,7 @@ pub fn run(
             let prefill = t.elapsed().as_secs_f64();
             let t = Instant::now();
             for _ in 0..args.n_gen {
-                let next = logits
-                    .iter()
-                    .enumerate()
-                    .fold(
-                        (0, f32::NEG_INFINITY),
-                        |b, (i, &x)| {
-                            if x > b.1 {
-                                (i, x)
-                            } else {
-                                b
-                            }
-                        },
-                    )
-                    .0 as u32;
-                logits = fwd.forward(&[next])?;
+                logits = fwd.forward(&[bench_profile::argmax(&logits)])?;
             }
             let decode = t.elapsed().as_secs_f64();
             if rep > 0 {
@@ -149,6 +147,20 @@ pub fn run(
             kv_plan = s.kv.plan.clone();
             (kv_bytes, kv_slots) = (s.kv.kv_bytes, s.kv.slots);
             device = session.device();
+        }
+        if args.profile {
+            let cfg = SessionConfig {
+                context,
+                kv: args.model.kv.options(),
+                ..Default::default()
+            };
+            profiles.push(bench_profile::run(
+                &model,
+                &cfg,
+                depth,
+                args.n_prompt,
+                args.n_gen,
+            )?);
         }
         rows.push(DepthRow {
             depth,
@@ -210,8 +222,14 @@ pub fn run(
                 l.matmul_flops / 1e9
             )
         });
+        let prof = if args.profile {
+            let p: Vec<String> = profiles.iter().map(bench_profile::json).collect();
+            format!(",\"profile\":[{}]", p.join(","))
+        } else {
+            String::new()
+        };
         println!(
-            "{{\"model\":{name:?},\"synthetic\":{synthetic},\"device\":{device:?},\"kv\":{kv_plan:?},\"n_prompt\":{},\"n_gen\":{},\"reps\":{reps},\"peak_rss_bytes\":{rss}{lim},\"rows\":[{}]}}",
+            "{{\"model\":{name:?},\"synthetic\":{synthetic},\"device\":{device:?},\"kv\":{kv_plan:?},\"n_prompt\":{},\"n_gen\":{},\"reps\":{reps},\"peak_rss_bytes\":{rss}{lim},\"rows\":[{}]{prof}}}",
             args.n_prompt,
             args.n_gen,
             items.join(",")
@@ -290,6 +308,9 @@ pub fn run(
             c.matrix_flops / 1e6,
             c.attention_flops_per_pos
         );
+    }
+    for p in &profiles {
+        bench_profile::print(p, args.n_prompt);
     }
     Ok(())
 }

@@ -11,6 +11,7 @@
 mod bench;
 mod bench_cpu;
 mod bench_model;
+mod bench_profile;
 mod compress;
 mod devices;
 mod eval;

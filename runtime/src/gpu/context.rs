@@ -116,6 +116,8 @@ pub struct GpuContext {
     errors: Arc<Mutex<Vec<String>>>,
     /// Bytes of every storage buffer created through this context (never decremented).
     created: std::sync::atomic::AtomicU64,
+    /// The running per-kernel profile, if one was started (`profile`).
+    pub(crate) profiler: Mutex<Option<super::profile::Profiler>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -227,6 +229,7 @@ impl GpuContext {
             max_binding,
             errors,
             created: Default::default(),
+            profiler: Mutex::new(None),
         })
     }
 
@@ -364,10 +367,15 @@ impl GpuContext {
 
     /// Copy `len` f32 values out of a storage buffer (waits for the GPU).
     pub fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
-        let bytes = (len * 4) as u64;
+        self.read_pod(buffer, len)
+    }
+
+    /// Copy the first `len` values of type `T` of a COPY_SRC buffer back to the host.
+    pub fn read_pod<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<T>> {
+        let bytes = (len * std::mem::size_of::<T>()) as u64;
         if bytes > buffer.size() {
             return Err(Error::ShapeMismatch {
-                what: "read_f32: buffer bytes".into(),
+                what: "readback: buffer bytes".into(),
                 expected: bytes as usize,
                 got: buffer.size() as usize,
             });
@@ -403,7 +411,7 @@ impl GpuContext {
                     what: "readback view".into(),
                     message: e.to_string(),
                 })?;
-            bytemuck::pod_collect_to_vec::<u8, f32>(&view[..bytes as usize])
+            bytemuck::pod_collect_to_vec::<u8, T>(&view[..bytes as usize])
         };
         staging.unmap();
         Ok(out)

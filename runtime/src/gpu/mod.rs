@@ -1,15 +1,17 @@
 //! The wgpu layer: device creation with the adapter's own limits and optional features
 //! (`context`), tensors uploaded as raw quantized blocks and split into binding-sized
-//! chunks (`buffer`), and the pipeline cache keyed by shader, variant and constants
-//! (`pipeline`).
+//! chunks (`buffer`), the pipeline cache keyed by shader, variant and constants
+//! (`pipeline`), and per-kernel timing from timestamp queries (`profile`).
 
 mod buffer;
 mod context;
 mod pipeline;
+mod profile;
 
 pub use buffer::{GpuMatrix, MatrixChunk};
 pub use context::{list_adapters, AdapterSummary, DeviceOptions, GpuContext, GpuFeatures};
 pub use pipeline::PipelineCache;
+pub use profile::{KernelTime, ProfileReport, MAX_PASSES};
 
 /// Split `n` workgroups into an (x, y) grid within the per-dimension dispatch limit; the
 /// shader recovers the linear index as `id.x + id.y * grid_x`. Covers up to `max²`

@@ -124,9 +124,19 @@ impl GpuContext {
         bind_group: &wgpu::BindGroup,
         groups: (u32, u32),
     ) {
+        // While a profile runs, the pass records its start and end ticks (`profile`).
+        let mut profiler = self.profiler.lock().ok();
+        let timed = profiler
+            .as_mut()
+            .and_then(|p| p.as_mut())
+            .and_then(|p| p.next_pass(label));
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(label),
-            timestamp_writes: None,
+            timestamp_writes: timed.map(|(set, i)| wgpu::ComputePassTimestampWrites {
+                query_set: set,
+                beginning_of_pass_write_index: Some(i),
+                end_of_pass_write_index: Some(i + 1),
+            }),
         });
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, bind_group, &[]);

@@ -1,16 +1,54 @@
 //! Dequantizing matrix-vector product `y = W x` (`shaders/matvec.wgsl`), the decode hot
 //! path: every weight is read once per token, so its speed is the memory bandwidth it
-//! reaches. W stays in its GGUF encoding; each workgroup dequantizes one row's 32-weight
-//! units in registers and reduces the partial dot products in workgroup memory.
+//! reaches. W stays in its GGUF encoding; a workgroup takes one or several rows (about
+//! four 32-weight units per thread), dequantizes their units in registers and reduces
+//! each row's partial dot products in workgroup memory. For the
+//! types decode reads most (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) dequantization and dot are one
+//! fused step per unit (`shaders/common/dot_unit.wgsl`): four weights at a time, each
+//! block's scale and min applied once to the sums.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{need_f32, quant_pipeline_with, REDUCE_WGSL};
+use super::{dequant_fn, need_f32, quant_pipeline_with};
 use crate::gpu::{grid, GpuContext, GpuMatrix};
 use crate::quant::{dequantize_row, GgmlType};
 use crate::Result;
 
 const WGSL: &str = include_str!("../../../shaders/matvec.wgsl");
+const DOT_UNIT_WGSL: &str = include_str!("../../../shaders/common/dot_unit.wgsl");
+
+/// Whether `shaders/common/dot_unit.wgsl` has a fused dequantize-and-dot for `ty`.
+fn fused(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K
+    )
+}
+
+/// `unit_dot` from `decode_unit` (any type; zero past `ncols` in float rows).
+const GENERIC_UNIT_DOT: &str = r"
+fn unit_dot(rb: u32, u: u32, ncols: u32, xb: u32) -> f32 {
+    decode_unit(rb, u, ncols);
+    var s = 0.0;
+    for (var i = 0u; i < min(32u, ncols - xb); i++) {
+        s += dq[i] * x[xb + i];
+    }
+    return s;
+}
+";
+
+/// The shader's `unit_dot` for `ty`: the fused function where there is one, else the
+/// unit decoded into `dq` and dotted with x in a loop (also the tail of float rows).
+fn unit_dot_glue(ty: GgmlType) -> Result<String> {
+    let suffix = dequant_fn(ty)?;
+    Ok(if fused(ty) {
+        format!(
+            "fn unit_dot(rb: u32, u: u32, ncols: u32, xb: u32) -> f32 {{ return dot_unit_{suffix}(rb, u, xb); }}\n"
+        )
+    } else {
+        GENERIC_UNIT_DOT.to_string()
+    })
+}
 
 /// Mirrors `Params` in matvec.wgsl.
 #[repr(C)]
@@ -22,9 +60,18 @@ pub struct MatvecParams {
     pub y_offset: u32,
     pub units: u32,
     pub grid_x: u32,
-    pub _pad: [u32; 2],
+    pub lanes: u32,
+    pub _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<MatvecParams>() == 32);
+
+/// Threads per row for rows of `units` 32-weight units: about four units each, a power
+/// of two from 4 to 64, so that short rows (SmolLM2's 576 columns are 18 units) share a
+/// workgroup instead of leaving most of its 64 threads idle, and long rows still spread
+/// over a whole workgroup.
+fn lanes_per_row(units: u32) -> u32 {
+    units.div_ceil(4).next_power_of_two().clamp(4, 64)
+}
 
 /// Record `y[0..w.nrows] = W x` into `encoder`; `x` holds `w.ncols` f32, `y` at least
 /// `w.nrows`.
@@ -37,17 +84,21 @@ pub fn record(
 ) -> Result<()> {
     need_f32("matvec x", x, w.ncols as usize)?;
     need_f32("matvec y", y, w.nrows as usize)?;
-    let pipeline = quant_pipeline_with(ctx, "matvec", &[REDUCE_WGSL], WGSL, w.ty)?;
+    let glue = unit_dot_glue(w.ty)?;
+    let pipeline = quant_pipeline_with(ctx, "matvec", &[DOT_UNIT_WGSL, &glue], WGSL, w.ty)?;
+    let units = w.ncols.div_ceil(32);
+    let lanes = lanes_per_row(units);
     for chunk in &w.chunks {
-        let groups = grid(chunk.n_rows, ctx.max_groups());
+        let groups = grid(chunk.n_rows.div_ceil(64 / lanes), ctx.max_groups());
         let params = MatvecParams {
             ncols: w.ncols,
             nrows: chunk.n_rows,
             row_bytes: w.row_bytes,
             y_offset: chunk.first_row,
-            units: w.ncols.div_ceil(32),
+            units,
             grid_x: groups.0,
-            _pad: [0; 2],
+            lanes,
+            _pad: 0,
         };
         let ub = ctx.uniform("matvec.params", &params);
         let bg = ctx.bind("matvec", &pipeline, &[&chunk.buffer, x, y, &ub]);
@@ -110,6 +161,29 @@ mod tests {
             run(ctx, ty, ncols, 37, 100 + i as u64);
             let ncols = if be == 1 { 1000 } else { be * 9 };
             run(ctx, ty, ncols, 5, 200 + i as u64);
+        }
+    }
+
+    /// Every thread count per row the kernel picks (4 to 64), with row counts that leave
+    /// the last workgroup partly empty.
+    #[test]
+    fn matvec_for_every_lane_count() {
+        assert_eq!(
+            [1, 18, 48, 128, 280, 10_000].map(lanes_per_row),
+            [4, 8, 16, 32, 64, 64]
+        );
+        let Some(ctx) = test_context() else { return };
+        for (i, (ty, ncols, nrows)) in [
+            (GgmlType::Q4_1, 576, 9),
+            (GgmlType::Q8_0, 1536, 7),
+            (GgmlType::Q4_K, 4096, 3),
+            (GgmlType::Q6_K, 8960, 2),
+            (GgmlType::Q5_K, 8960, 1),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            run(ctx, ty, ncols, nrows, 300 + i as u64);
         }
     }
 
