@@ -24,34 +24,33 @@ fn sbytes(q: u32) -> vec4<f32> {
 
 const ONES: vec4<f32> = vec4<f32>(1.0, 1.0, 1.0, 1.0);
 
-// Q4_0 (18 bytes): d @0, qs[16] @2; weight l = (lo - 8)·d, weight 16 + l = (hi - 8)·d.
-fn dot_unit_q4_0(rb: u32, u: u32, xb: u32) -> f32 {
-    let b = rb + u * 18u;
+// (Σ q·x, Σ x) over a legacy 4-bit block: its 16 bytes at `qs` hold weight l in the low
+// nibble of byte l and weight 16 + l in the high one.
+fn nibble_sums(qs: u32, xb: u32) -> vec2<f32> {
     var sq = 0.0;
     var sx = 0.0;
     for (var j = 0u; j < 4u; j++) {
-        let q = ld_u32(b + 2u + 4u * j);
+        let q = ld_u32(qs + 4u * j);
         let xl = x4(xb + 4u * j);
         let xh = x4(xb + 16u + 4u * j);
         sq += dot(nibbles(q, 0u), xl) + dot(nibbles(q, 4u), xh);
         sx += dot(xl + xh, ONES);
     }
-    return ld_f16(b) * (sq - 8.0 * sx);
+    return vec2<f32>(sq, sx);
+}
+
+// Q4_0 (18 bytes): d @0, qs[16] @2; weight = (nibble - 8)·d.
+fn dot_unit_q4_0(rb: u32, u: u32, xb: u32) -> f32 {
+    let b = rb + u * 18u;
+    let s = nibble_sums(b + 2u, xb);
+    return ld_f16(b) * (s.x - 8.0 * s.y);
 }
 
 // Q4_1 (20 bytes): d @0, m @2, qs[16] @4; weight = nibble·d + m.
 fn dot_unit_q4_1(rb: u32, u: u32, xb: u32) -> f32 {
     let b = rb + u * 20u;
-    var sq = 0.0;
-    var sx = 0.0;
-    for (var j = 0u; j < 4u; j++) {
-        let q = ld_u32(b + 4u + 4u * j);
-        let xl = x4(xb + 4u * j);
-        let xh = x4(xb + 16u + 4u * j);
-        sq += dot(nibbles(q, 0u), xl) + dot(nibbles(q, 4u), xh);
-        sx += dot(xl + xh, ONES);
-    }
-    return ld_f16(b) * sq + ld_f16(b + 2u) * sx;
+    let s = nibble_sums(b + 4u, xb);
+    return ld_f16(b) * s.x + ld_f16(b + 2u) * s.y;
 }
 
 // Q8_0 (34 bytes): d @0, qs[32] (i8) @2; weight = q·d.
