@@ -43,14 +43,7 @@ fn time_calls(iters: usize, reps: usize, op: &mut dyn FnMut() -> Res<()>) -> Res
 
 fn weight(ty: GgmlType, k: usize, n: usize, seed: u64) -> Res<(TensorInfo, Vec<u8>)> {
     let bytes = random_blocks(ty, k * n, &mut SplitMix64::new(seed))?;
-    let info = TensorInfo {
-        name: "bench.w".into(),
-        ty,
-        dims: vec![k as u64, n as u64],
-        offset: 0,
-        n_elements: (k * n) as u64,
-        n_bytes: bytes.len() as u64,
-    };
+    let info = TensorInfo::in_memory("bench.w", ty, k, n, bytes.len());
     Ok((info, bytes))
 }
 

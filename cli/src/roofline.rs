@@ -152,14 +152,7 @@ pub fn measure(model: &Model, file: &GgufFile, m: usize) -> Res<DeviceLimits> {
             };
             copy_once();
             let t_copy = median((0..5).map(|_| copy_once()).collect());
-            let info = TensorInfo {
-                name: "roofline.w".into(),
-                ty,
-                dims: vec![k as u64, n as u64],
-                offset: 0,
-                n_elements: (k * n) as u64,
-                n_bytes: w.len() as u64,
-            };
+            let info = TensorInfo::in_memory("roofline.w", ty, k, n, w.len());
             let mm_once = || -> Res<f64> {
                 let t = Instant::now();
                 kvedge_models::llama::cpu_matmul::matmul_rows(&info, &w, &x, m, threads)?;

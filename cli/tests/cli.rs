@@ -467,6 +467,41 @@ fn bench_measures_a_model_and_marks_synthetic_ones() {
     assert!(ok && stdout.contains("| tg4 @ d24 |"), "{stdout}{err}");
     let (ok, _, err) = kvedge(&["bench", "-m", m, "--device", "cpu", "-n", "0"]);
     assert!(!ok && err.contains("must be positive"), "{err}");
+    // --profile reads GPU timestamps: refused on the CPU device, per kernel on the GPU
+    // (skips without an adapter unless KVEDGE_REQUIRE_GPU=1).
+    let (ok, _, err) = kvedge(&[&args[..], &["--profile"]].concat());
+    assert!(
+        !ok && err.contains("--profile needs the GPU device"),
+        "{err}"
+    );
+    let gpu = [
+        "bench",
+        "-m",
+        m,
+        "-p",
+        "8",
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "--profile",
+    ];
+    let (ok, stdout, err) = kvedge(&[&gpu[..], &["--json"]].concat());
+    if ok || std::env::var("KVEDGE_REQUIRE_GPU").is_ok() || !err.contains("no GPU adapter found") {
+        assert!(ok, "{err}");
+        for key in [
+            "\"profile\":[{\"depth\":0",
+            "\"kernel\":\"matvec\"",
+            "\"kernel\":\"matmul\"",
+        ] {
+            assert!(stdout.contains(key), "{key} missing: {stdout}");
+        }
+        let (ok, stdout, err) = kvedge(&gpu);
+        assert!(
+            ok && stdout.contains("| matvec |") && stdout.contains("decode ms/token"),
+            "{stdout}{err}"
+        );
+    }
     let _ = std::fs::remove_file(model);
 }
 

@@ -271,14 +271,7 @@ mod tests {
         ];
         for (ty, k, n, m, threads) in cases {
             let bytes = random_blocks(ty, k * n, &mut rng).unwrap();
-            let info = TensorInfo {
-                name: "w".into(),
-                ty,
-                dims: vec![k as u64, n as u64],
-                offset: 0,
-                n_elements: (k * n) as u64,
-                n_bytes: bytes.len() as u64,
-            };
+            let info = TensorInfo::in_memory("w", ty, k, n, bytes.len());
             let x: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
             let y = matmul_rows(&info, &bytes, &x, m, threads).unwrap();
             assert_eq!(y.len(), m * n);
@@ -304,14 +297,7 @@ mod tests {
         }
         // A wrong activation length is an error, not a panic.
         let bytes = random_blocks(GgmlType::Q8_0, 64, &mut rng).unwrap();
-        let info = TensorInfo {
-            name: "w".into(),
-            ty: GgmlType::Q8_0,
-            dims: vec![32, 2],
-            offset: 0,
-            n_elements: 64,
-            n_bytes: bytes.len() as u64,
-        };
+        let info = TensorInfo::in_memory("w", GgmlType::Q8_0, 32, 2, bytes.len());
         assert!(matmul_rows(&info, &bytes, &[0.0; 33], 1, 1).is_err());
     }
 

@@ -39,6 +39,19 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// A 2-D tensor of `rows` rows of `cols` values held in memory rather than read from a
+    /// file (offset 0): for benchmarks and tests that build weights themselves.
+    pub fn in_memory(name: &str, ty: GgmlType, cols: usize, rows: usize, n_bytes: usize) -> Self {
+        Self {
+            name: name.into(),
+            ty,
+            dims: vec![cols as u64, rows as u64],
+            offset: 0,
+            n_elements: (cols * rows) as u64,
+            n_bytes: n_bytes as u64,
+        }
+    }
+
     /// Rows of a 2-D view: the product of all dims after the first.
     pub fn n_rows(&self) -> u64 {
         self.dims.iter().skip(1).product()

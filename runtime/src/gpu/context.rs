@@ -118,6 +118,8 @@ pub struct GpuContext {
     created: std::sync::atomic::AtomicU64,
     /// The running per-kernel profile, if one was started (`profile`).
     pub(crate) profiler: Mutex<Option<super::profile::Profiler>>,
+    /// Whether `profiler` holds one, so that a dispatch takes its lock only then.
+    pub(crate) profiling: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -230,6 +232,7 @@ impl GpuContext {
             errors,
             created: Default::default(),
             profiler: Mutex::new(None),
+            profiling: Default::default(),
         })
     }
 

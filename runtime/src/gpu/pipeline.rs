@@ -125,7 +125,11 @@ impl GpuContext {
         groups: (u32, u32),
     ) {
         // While a profile runs, the pass records its start and end ticks (`profile`).
-        let mut profiler = self.profiler.lock().ok();
+        let mut profiler = self
+            .profiling
+            .load(std::sync::atomic::Ordering::Acquire)
+            .then(|| self.profiler.lock().ok())
+            .flatten();
         let timed = profiler
             .as_mut()
             .and_then(|p| p.as_mut())

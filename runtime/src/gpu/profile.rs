@@ -10,6 +10,7 @@
 //! feature, which `GpuContext::new` asks for where the adapter has it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use super::GpuContext;
 use crate::{Error, Result};
@@ -92,6 +93,7 @@ impl GpuContext {
             totals: BTreeMap::new(),
             untimed: 0,
         });
+        self.profiling.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -124,6 +126,7 @@ impl GpuContext {
     /// Collect what is pending, stop profiling and return the totals.
     pub fn profile_finish(&self) -> Result<ProfileReport> {
         self.profile_collect()?;
+        self.profiling.store(false, Ordering::Release);
         let p = self.profiler_lock()?.take();
         Ok(p.map(|p| ProfileReport {
             kernels: p.totals,
