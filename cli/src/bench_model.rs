@@ -15,6 +15,7 @@ use clap::Args;
 use kvedge_models::SessionConfig;
 use kvedge_runtime::gguf::GgufFile;
 use kvedge_runtime::rng::SplitMix64;
+use kvedge_runtime::sample::argmax;
 
 use crate::generate::{load_model, ModelArgs};
 use crate::{bench_profile, roofline};
@@ -136,7 +137,7 @@ pub fn run(
             let prefill = t.elapsed().as_secs_f64();
             let t = Instant::now();
             for _ in 0..args.n_gen {
-                logits = fwd.forward(&[bench_profile::argmax(&logits)])?;
+                logits = fwd.forward(&[argmax(&logits)])?;
             }
             let decode = t.elapsed().as_secs_f64();
             if rep > 0 {

@@ -9,6 +9,7 @@
 use kvedge_models::{Model, SessionConfig};
 use kvedge_runtime::gpu::ProfileReport;
 use kvedge_runtime::rng::SplitMix64;
+use kvedge_runtime::sample::argmax;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -18,18 +19,6 @@ pub struct DepthProfile {
     pub prefill: ProfileReport,
     pub decode: ProfileReport,
     pub n_gen: usize,
-}
-
-/// The index of the largest logit (greedy decoding for the benchmark's token stream).
-pub fn argmax(logits: &[f32]) -> u32 {
-    logits
-        .iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0 as u32
 }
 
 /// Profile one run at `depth`: `n_prompt` random prompt tokens, then `n_gen` decode steps.

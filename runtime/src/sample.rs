@@ -72,7 +72,8 @@ pub struct Sampler {
     scratch: Vec<(u32, f32)>,
 }
 
-fn argmax(logits: &[f32]) -> u32 {
+/// The index of the largest logit, the first on ties (greedy decoding).
+pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = (0usize, f32::NEG_INFINITY);
     for (i, &v) in logits.iter().enumerate() {
         if v > best.1 {

@@ -9,21 +9,13 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{dequant_fn, need_f32, quant_pipeline_with};
+use super::{need_f32, quant_pipeline_with};
 use crate::gpu::{grid, GpuContext, GpuMatrix};
 use crate::quant::{dequantize_row, GgmlType};
 use crate::Result;
 
 const WGSL: &str = include_str!("../../../shaders/matvec.wgsl");
 const DOT_UNIT_WGSL: &str = include_str!("../../../shaders/common/dot_unit.wgsl");
-
-/// Whether `shaders/common/dot_unit.wgsl` has a fused dequantize-and-dot for `ty`.
-fn fused(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K
-    )
-}
 
 /// `unit_dot` from `decode_unit` (any type; zero past `ncols` in float rows).
 const GENERIC_UNIT_DOT: &str = r"
@@ -37,17 +29,27 @@ fn unit_dot(rb: u32, u: u32, ncols: u32, xb: u32) -> f32 {
 }
 ";
 
-/// The shader's `unit_dot` for `ty`: the fused function where there is one, else the
-/// unit decoded into `dq` and dotted with x in a loop (also the tail of float rows).
-fn unit_dot_glue(ty: GgmlType) -> Result<String> {
-    let suffix = dequant_fn(ty)?;
-    Ok(if fused(ty) {
-        format!(
-            "fn unit_dot(rb: u32, u: u32, ncols: u32, xb: u32) -> f32 {{ return dot_unit_{suffix}(rb, u, xb); }}\n"
-        )
-    } else {
-        GENERIC_UNIT_DOT.to_string()
-    })
+/// The shader's `unit_dot` for `ty`: the fused function of `dot_unit.wgsl` where it has
+/// one (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K), else the unit decoded into `dq` and dotted with x in
+/// a loop. Static text, so a dispatch builds nothing.
+fn unit_dot_glue(ty: GgmlType) -> &'static str {
+    macro_rules! fused {
+        ($f:literal) => {
+            concat!(
+                "fn unit_dot(rb: u32, u: u32, ncols: u32, xb: u32) -> f32 { return ",
+                $f,
+                "(rb, u, xb); }\n"
+            )
+        };
+    }
+    match ty {
+        GgmlType::Q4_0 => fused!("dot_unit_q4_0"),
+        GgmlType::Q4_1 => fused!("dot_unit_q4_1"),
+        GgmlType::Q8_0 => fused!("dot_unit_q8_0"),
+        GgmlType::Q4_K => fused!("dot_unit_q4_k"),
+        GgmlType::Q6_K => fused!("dot_unit_q6_k"),
+        _ => GENERIC_UNIT_DOT,
+    }
 }
 
 /// Mirrors `Params` in matvec.wgsl.
@@ -84,8 +86,8 @@ pub fn record(
 ) -> Result<()> {
     need_f32("matvec x", x, w.ncols as usize)?;
     need_f32("matvec y", y, w.nrows as usize)?;
-    let glue = unit_dot_glue(w.ty)?;
-    let pipeline = quant_pipeline_with(ctx, "matvec", &[DOT_UNIT_WGSL, &glue], WGSL, w.ty)?;
+    let glue = unit_dot_glue(w.ty);
+    let pipeline = quant_pipeline_with(ctx, "matvec", &[DOT_UNIT_WGSL, glue], WGSL, w.ty)?;
     let units = w.ncols.div_ceil(32);
     let lanes = lanes_per_row(units);
     for chunk in &w.chunks {
